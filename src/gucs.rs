@@ -1,0 +1,72 @@
+//! Settings, all under the reserved prefix `bgworker_rs`.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use std::ffi::CString;
+
+/// The postmaster multiplies `bgw_restart_time` by 1000 in an `int`, so a
+/// larger value would overflow there.
+pub const MAX_RESTART_TIME_S: i32 = i32::MAX / 1000;
+
+pub static NAPTIME_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+pub static TOTAL_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static RESTART_TIME_S: GucSetting<i32> = GucSetting::<i32>::new(5);
+
+/// Defines the settings. As in worker_spi, the postmaster-level ones exist
+/// only when the library is preloaded: defined later, a value for them in
+/// postgresql.conf could not take effect and would only draw a warning.
+pub fn init(preloading: bool) {
+    GucRegistry::define_int_guc(
+        c"bgworker_rs.naptime",
+        c"Pause between two iterations of a worker's loop.",
+        c"0 means no pause.",
+        &NAPTIME_MS,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_string_guc(
+        c"bgworker_rs.database",
+        c"Database the static workers connect to.",
+        c"",
+        &DATABASE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"bgworker_rs.role",
+        c"Role the static workers connect as.",
+        c"Unset means the bootstrap superuser.",
+        &ROLE,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+
+    if preloading {
+        GucRegistry::define_int_guc(
+            c"bgworker_rs.total_workers",
+            c"Number of static workers started with the server.",
+            c"",
+            &TOTAL_WORKERS,
+            0,
+            100,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"bgworker_rs.restart_time",
+            c"Delay before the postmaster restarts a static worker that exited.",
+            c"-1 means never restart.",
+            &RESTART_TIME_S,
+            -1,
+            MAX_RESTART_TIME_S,
+            GucContext::Postmaster,
+            GucFlags::UNIT_S,
+        );
+    }
+
+    crate::toolkit::reserve_guc_prefix(c"bgworker_rs");
+}

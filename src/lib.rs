@@ -1,0 +1,40 @@
+//! bgworker_rs: PostgreSQL background workers in safe Rust.
+//!
+//! `_PG_init` reads like a table of contents: settings, then the static
+//! workers when the library is preloaded. Dynamic workers are started from
+//! SQL by `bgw_launch()`; every worker runs the worker_spi port.
+
+mod errors;
+mod gucs;
+mod launch;
+mod registration;
+mod toolkit;
+mod worker_spi;
+
+::pgrx::pg_module_magic!();
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    let preloading = toolkit::preloading();
+    gucs::init(preloading);
+    if preloading {
+        registration::register_static_workers();
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests;
+
+/// Hooks for `cargo pgrx test`: the test cluster preloads the library.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'bgworker_rs'",
+            "bgworker_rs.naptime = '100ms'",
+        ]
+    }
+}

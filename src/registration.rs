@@ -1,0 +1,142 @@
+//! One `BackgroundWorker` template for every worker of this extension. Static
+//! workers go through `RegisterBackgroundWorker` from `_PG_init`, dynamic ones
+//! through `RegisterDynamicBackgroundWorker`; only the name, type, restart
+//! policy and `bgw_extra` differ.
+
+use crate::gucs;
+use pgrx::bgworkers::{BackgroundWorkerBuilder, DynamicBackgroundWorker};
+use pgrx::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+pub const LIBRARY: &str = "bgworker_rs";
+pub const MAIN_FUNCTION: &str = "bgworker_rs_main";
+
+/// `bgw_extra` is 128 bytes and read back as a NUL-terminated string.
+const EXTRA_CAPACITY: usize = 127;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Static,
+    Dynamic,
+}
+
+impl Kind {
+    pub fn worker_name(self, index: i32) -> String {
+        match self {
+            Kind::Static => format!("bgworker_rs worker {index}"),
+            Kind::Dynamic => format!("bgworker_rs dynamic worker {index}"),
+        }
+    }
+
+    pub fn worker_type(self) -> &'static str {
+        match self {
+            Kind::Static => "bgworker_rs",
+            Kind::Dynamic => "bgworker_rs dynamic",
+        }
+    }
+}
+
+/// What a dynamic worker receives in `bgw_extra`: the database and role,
+/// resolved to OIDs by the launching backend, and the connection flags.
+/// Static workers get an empty `bgw_extra` and read the GUCs instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectArgs {
+    #[serde(rename = "d")]
+    pub database: u32,
+    #[serde(rename = "r")]
+    pub role: u32,
+    #[serde(rename = "f")]
+    pub flags: u32,
+}
+
+impl ConnectArgs {
+    pub fn encode(&self) -> String {
+        let text = serde_json::to_string(self).expect("ConnectArgs always serializes");
+        assert!(
+            text.len() <= EXTRA_CAPACITY,
+            "ConnectArgs does not fit in bgw_extra"
+        );
+        text
+    }
+
+    /// `None` for an empty `bgw_extra` (a static worker).
+    pub fn decode(extra: &[u8]) -> Result<Option<ConnectArgs>, serde_json::Error> {
+        if extra.is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_slice(extra).map(Some)
+    }
+}
+
+fn template(index: i32, kind: Kind) -> BackgroundWorkerBuilder {
+    BackgroundWorkerBuilder::new(&kind.worker_name(index))
+        .set_type(kind.worker_type())
+        .set_library(LIBRARY)
+        .set_function(MAIN_FUNCTION)
+        .set_argument(index.into_datum())
+        // SHMEM_ACCESS + BACKEND_DATABASE_CONNECTION, start at
+        // BgWorkerStart_RecoveryFinished: the worker_spi port writes.
+        .enable_spi_access()
+}
+
+/// Registers `bgworker_rs.total_workers` static workers. Only valid from
+/// `_PG_init` while preloading.
+pub fn register_static_workers() {
+    let restart = match gucs::RESTART_TIME_S.get() {
+        secs if secs < 0 => None, // BGW_NEVER_RESTART
+        secs => Some(Duration::from_secs(secs as u64)),
+    };
+    for index in 1..=gucs::TOTAL_WORKERS.get() {
+        template(index, Kind::Static)
+            .set_restart_time(restart)
+            .load();
+    }
+}
+
+/// Registers one dynamic worker that reports its start and exit to us.
+/// Dynamic workers are never restarted. `None`: no free worker slot.
+pub fn register_dynamic_worker(index: i32, args: ConnectArgs) -> Option<DynamicBackgroundWorker> {
+    template(index, Kind::Dynamic)
+        .set_restart_time(None)
+        .set_extra(&args.encode())
+        .set_notify_pid(crate::toolkit::my_pid())
+        .load_dynamic()
+        .ok()
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn extra_roundtrip_and_fits_for_largest_values() {
+        let args = ConnectArgs {
+            database: u32::MAX,
+            role: u32::MAX,
+            flags: u32::MAX,
+        };
+        let text = args.encode();
+        assert!(text.len() <= EXTRA_CAPACITY, "{text}");
+        assert_eq!(ConnectArgs::decode(text.as_bytes()).unwrap(), Some(args));
+    }
+
+    #[test]
+    fn empty_extra_means_static_worker() {
+        assert_eq!(ConnectArgs::decode(b"").unwrap(), None);
+    }
+
+    #[test]
+    fn garbage_extra_is_an_error() {
+        assert!(ConnectArgs::decode(b"{\"d\":1}").is_err());
+        assert!(ConnectArgs::decode(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn names_follow_worker_spi() {
+        assert_eq!(Kind::Static.worker_name(3), "bgworker_rs worker 3");
+        assert_eq!(Kind::Dynamic.worker_name(7), "bgworker_rs dynamic worker 7");
+        assert_eq!(Kind::Static.worker_type(), "bgworker_rs");
+        assert_eq!(Kind::Dynamic.worker_type(), "bgworker_rs dynamic");
+    }
+}

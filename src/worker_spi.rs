@@ -1,0 +1,143 @@
+//! A Rust port of PostgreSQL's `worker_spi`: each worker owns
+//! `schemaN.counted`, and every `bgworker_rs.naptime` folds the 'delta' rows
+//! into the 'total' row in one SPI transaction.
+
+use crate::gucs;
+use crate::registration::ConnectArgs;
+use crate::toolkit::{self, Connection};
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+use std::ffi::{CStr, CString};
+
+const TABLE: &str = "counted";
+
+/// Serializes the first start of workers that share an index, so that two of
+/// them cannot both find the schema missing and both try to create it.
+const INIT_LOCK_CLASS: i32 = 0x6267_7773; // "bgws"
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
+    // SAFETY: bgw_main_arg is always set from an int4 by registration.rs.
+    let index = unsafe { i32::from_datum(main_arg, false) }.unwrap_or_default();
+    let schema = format!("schema{index}");
+
+    let args = match ConnectArgs::decode(&toolkit::worker_extra()) {
+        Ok(args) => args,
+        Err(e) => {
+            ereport!(
+                FATAL,
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("malformed bgw_extra: {e}")
+            );
+        }
+    };
+
+    toolkit::install_signal_handlers();
+    connect(args);
+
+    let name = toolkit::worker_name();
+    log!("{name} initialized with {schema}.{TABLE}");
+    initialize(index, &schema);
+
+    let fold = fold_query(&schema);
+    loop {
+        toolkit::wait_latch(gucs::NAPTIME_MS.get().into());
+        pg_sys::check_for_interrupts!();
+        toolkit::reload_config_if_requested();
+
+        let total = toolkit::in_transaction(fold, || {
+            Spi::connect_mut(|client| {
+                let table = client.update(fold.to_str().unwrap_or_default(), None, &[])?;
+                if table.is_empty() {
+                    Ok(None)
+                } else {
+                    table.first().get_one::<i32>()
+                }
+            })
+        })
+        .unwrap_or_else(|e| error!("cannot fold deltas in {schema}.{TABLE}: {e}"));
+
+        if let Some(total) = total {
+            log!("{name}: count in {schema}.{TABLE} is now {total}");
+        }
+    }
+}
+
+fn connect(args: Option<ConnectArgs>) {
+    match args {
+        Some(args) => toolkit::connect(
+            &Connection::Oids {
+                database: args.database.into(),
+                role: args.role.into(),
+            },
+            args.flags,
+        ),
+        None => {
+            let database = gucs::DATABASE
+                .get()
+                .unwrap_or_else(|| c"postgres".to_owned());
+            let role = gucs::ROLE.get();
+            toolkit::connect(
+                &Connection::Names {
+                    database: &database,
+                    role: role.as_deref(),
+                },
+                0,
+            );
+        }
+    }
+}
+
+/// Creates `schemaN.counted` and its unique partial index unless the schema
+/// exists, with worker_spi's exact DDL.
+fn initialize(index: i32, schema: &str) {
+    let ddl = format!(
+        "CREATE SCHEMA {s} \
+         CREATE TABLE {t} (type text CHECK (type IN ('total', 'delta')), value integer) \
+         CREATE UNIQUE INDEX {i} ON {t} (type) WHERE type = 'total'",
+        s = quote_identifier(schema),
+        t = quote_identifier(TABLE),
+        i = quote_identifier(format!("{TABLE}_unique_total")),
+    );
+    toolkit::in_transaction(c"initializing bgworker_rs schema", || {
+        Spi::connect_mut(|client| {
+            client.update(
+                "SELECT pg_advisory_xact_lock($1, $2)",
+                None,
+                &[INIT_LOCK_CLASS.into(), index.into()],
+            )?;
+            // Not read-only, so this statement takes a fresh snapshot and sees
+            // a schema that a worker holding the lock before us committed.
+            let exists = client
+                .update(
+                    "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
+                    None,
+                    &[schema.into()],
+                )?
+                .first()
+                .get_one::<i64>()?
+                .unwrap_or(0)
+                > 0;
+            if !exists {
+                client.update(ddl.as_str(), None, &[])?;
+            }
+            Ok::<_, pgrx::spi::Error>(())
+        })
+    })
+    .unwrap_or_else(|e| error!("cannot initialize {schema}.{TABLE}: {e}"));
+}
+
+/// worker_spi's statement, built once per worker and kept for the life of the
+/// process, so that `pg_stat_activity` and error reports can point at it.
+fn fold_query(schema: &str) -> &'static CStr {
+    let (s, t) = (quote_identifier(schema), quote_identifier(TABLE));
+    let sql = format!(
+        "WITH deleted AS (DELETE FROM {s}.{t} WHERE type = 'delta' RETURNING value), \
+         total AS (SELECT coalesce(sum(value), 0) as sum FROM deleted) \
+         UPDATE {s}.{t} SET value = {t}.value + total.sum \
+         FROM total WHERE type = 'total' RETURNING {t}.value"
+    );
+    let sql = CString::new(sql).expect("quoted identifiers contain no NUL");
+    Box::leak(sql.into_boxed_c_str())
+}
