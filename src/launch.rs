@@ -73,7 +73,7 @@ fn check_index(index: Option<i32>) -> i32 {
 fn resolve_database(name: &CStr) -> pg_sys::Oid {
     toolkit::database_oid(name).unwrap_or_else(|| {
         UserError::new(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_DATABASE,
+            PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
             format!("database \"{}\" does not exist", name.to_string_lossy()),
         )
         .raise()

@@ -23,8 +23,7 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pgrx::pg_schema]
-mod tests;
+mod pg_tests;
 
 /// Hooks for `cargo pgrx test`: the test cluster preloads the library.
 #[cfg(test)]
