@@ -18,7 +18,6 @@ CREATE FUNCTION bgw_launch(
 ) RETURNS int4
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'bgw_launch_wrapper';
-REVOKE ALL ON FUNCTION bgw_launch(int4, name, name, text[]) FROM PUBLIC;
 COMMENT ON FUNCTION bgw_launch(int4, name, name, text[]) IS
 'Starts dynamic worker "bgworker_rs dynamic worker <index>", which folds schema<index>.counted, and returns its pid once the postmaster has started it. NULL database or role: the caller''s current one. flags: ALLOWCONN (superuser only) connects even where datallowconn is false.';
 "#)]

@@ -22,6 +22,8 @@ pub extern "C-unwind" fn _PG_init() {
     }
 }
 
+pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);
+
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
 
