@@ -13,6 +13,7 @@ pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static RESTART_TIME_S: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static LAUNCH_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 
 /// Defines the settings. As in worker_spi, the postmaster-level ones exist
 /// only when the library is preloaded: defined later, a value for them in
@@ -43,6 +44,16 @@ pub fn init(preloading: bool) {
         &ROLE,
         GucContext::Sighup,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"bgworker_rs.launch_timeout",
+        c"How long bgw_launch waits for a worker to connect and initialize.",
+        c"After that the worker is stopped and bgw_launch raises an error.",
+        &LAUNCH_TIMEOUT_MS,
+        1,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
     );
 
     if preloading {

@@ -2,10 +2,12 @@
 
 use crate::errors::UserError;
 use crate::registration::{self, ConnectArgs, Kind};
-use crate::toolkit;
-use pgrx::bgworkers::BackgroundWorkerStatus;
+use crate::registry::{self, ClaimError, State};
+use crate::toolkit::{self, CapturedError, WorkerStatus};
+use crate::{gucs, manage};
 use pgrx::prelude::*;
 use std::ffi::CStr;
+use std::time::Duration;
 
 const FLAG_NAMES: &str = "ALLOWCONN";
 
@@ -14,21 +16,25 @@ CREATE FUNCTION bgw_launch(
     "index" int4,
     "database" name DEFAULT NULL,
     "role" name DEFAULT NULL,
-    "flags" text[] DEFAULT '{}'
+    "flags" text[] DEFAULT '{}',
+    "restart_after" interval DEFAULT NULL
 ) RETURNS int4
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'bgw_launch_wrapper';
-COMMENT ON FUNCTION bgw_launch(int4, name, name, text[]) IS
-'Starts dynamic worker "bgworker_rs dynamic worker <index>", which folds schema<index>.counted, and returns its pid once the postmaster has started it. NULL database or role: the caller''s current one. flags: ALLOWCONN (superuser only) connects even where datallowconn is false.';
+COMMENT ON FUNCTION bgw_launch(int4, name, name, text[], interval) IS
+'Starts dynamic worker "bgworker_rs dynamic worker <index>", which folds schema<index>.counted, and returns its pid once it has connected and initialized; if it fails first, raises its error. NULL database or role: the caller''s current one. flags: ALLOWCONN (superuser only) connects even where datallowconn is false. restart_after: restart it that long after a failure (NULL: never).';
 "#)]
 fn bgw_launch(
     index: Option<i32>,
     database: Option<&CStr>,
     role: Option<&CStr>,
     flags: Option<Array<'_, String>>,
+    restart_after: Option<Interval>,
 ) -> i32 {
     let index = check_index(index);
     let flags = parse_flags(flags);
+    let restart_after = parse_restart_after(restart_after);
+    manage::require_registry();
     if toolkit::recovery_in_progress() {
         UserError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -40,14 +46,7 @@ fn bgw_launch(
     let database = database.map_or_else(toolkit::current_database, resolve_database);
     let role = role.map_or_else(toolkit::current_user, resolve_role);
     check_permissions(database, role, flags);
-    start(
-        index,
-        ConnectArgs {
-            database: database.to_u32(),
-            role: role.to_u32(),
-            flags,
-        },
-    )
+    start(index, database.to_u32(), role.to_u32(), flags, restart_after)
 }
 
 fn check_index(index: Option<i32>) -> i32 {
@@ -65,6 +64,23 @@ fn check_index(index: Option<i32>) -> i32 {
         .raise(),
         Some(i) => i,
     }
+}
+
+/// `restart_after` as whole seconds for `bgw_restart_time` (rounded up).
+fn parse_restart_after(restart_after: Option<Interval>) -> Option<Duration> {
+    let micros = restart_after?.as_micros();
+    if micros < 0 {
+        UserError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "restart_after must not be negative").raise();
+    }
+    let secs = (micros + 999_999) / 1_000_000;
+    if secs > gucs::MAX_RESTART_TIME_S as i128 {
+        UserError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("restart_after must be at most {} seconds", gucs::MAX_RESTART_TIME_S),
+        )
+        .raise();
+    }
+    Some(Duration::from_secs(secs as u64))
 }
 
 // PostgreSQL's own messages and SQLSTATEs for unknown names, raised here
@@ -179,35 +195,95 @@ fn check_permissions(database: pg_sys::Oid, role: pg_sys::Oid, flags: u32) {
     }
 }
 
-/// Registers the worker and waits until the postmaster has started it.
-fn start(index: i32, args: ConnectArgs) -> i32 {
+/// Claims a registry entry, registers the worker, and waits until it has
+/// connected and initialized its table; if it fails first, raises its error.
+fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option<Duration>) -> i32 {
     let name = Kind::Dynamic.worker_name(index);
-    let Some(worker) = registration::register_dynamic_worker(index, args) else {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
-            format!("could not register background worker \"{name}\""),
+    let ticket = match registry::claim_for_launch(index, database, role) {
+        Ok(ticket) => ticket,
+        Err(ClaimError::IndexInUse { pid, state }) => UserError::new(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("a bgworker_rs worker with index {index} is already running"),
         )
-        .detail(format!(
-            "All background worker slots are in use (max_worker_processes = {}).",
-            toolkit::max_worker_processes()
-        ))
-        .hint("You may need to increase max_worker_processes.")
-        .raise()
+        .detail(format!("Worker pid {pid} is {}.", state.as_str()))
+        .hint(format!("Stop it with bgw_terminate({pid}), or choose another index."))
+        .raise(),
+        Err(ClaimError::Full) => out_of_slots(&name),
     };
-    match worker.wait_for_startup() {
-        Ok(pid) => pid,
-        Err(BackgroundWorkerStatus::PostmasterDied) => UserError::new(
+    let args = ConnectArgs { database, role, flags, ticket };
+    let Some(handle) = registration::register_dynamic_worker(index, args, restart_after) else {
+        registry::release(ticket);
+        out_of_slots(&name)
+    };
+    registry::set_handle(ticket, handle);
+
+    enum Outcome {
+        Ready(i32),
+        Failed(Option<CapturedError>),
+        PostmasterDied,
+    }
+    let timeout = Duration::from_millis(gucs::LAUNCH_TIMEOUT_MS.get() as u64);
+    let outcome = toolkit::wait_for(Some(timeout), || {
+        let entry = registry::get(ticket);
+        match entry.map(|e| e.state) {
+            Some(State::Running) => return entry.map(|e| Outcome::Ready(e.pid)),
+            Some(State::Failed) => return Some(Outcome::Failed(entry.and_then(|e| e.last_error()))),
+            _ => {}
+        }
+        match toolkit::worker_status(handle) {
+            WorkerStatus::Stopped => Some(Outcome::Failed(entry.and_then(|e| e.last_error()))),
+            WorkerStatus::PostmasterDied => Some(Outcome::PostmasterDied),
+            _ => None,
+        }
+    });
+
+    // From here on the launch has failed: make sure the postmaster neither
+    // keeps nor restarts the worker, and leave the reason in the registry.
+    let fail = |error: CapturedError| {
+        toolkit::terminate_worker(handle);
+        registry::mark_failed(ticket, &error);
+    };
+    match outcome {
+        Some(Outcome::Ready(pid)) => pid,
+        Some(Outcome::Failed(Some(error))) => {
+            fail(error.clone());
+            UserError::new(PgSqlErrorCode::from(error.sqlerrcode), error.message)
+                .detail(format!("Reported by background worker \"{name}\" while starting."))
+                .raise()
+        }
+        Some(Outcome::Failed(None)) => {
+            let message = format!("background worker \"{name}\" stopped before it was ready");
+            fail(CapturedError { sqlerrcode: PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES as i32, message: message.clone() });
+            UserError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES, message)
+                .hint("More details may be available in the server log.")
+                .raise()
+        }
+        Some(Outcome::PostmasterDied) => UserError::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
             "cannot start background processes without postmaster",
         )
         .hint("Kill all remaining database processes and restart the database.")
         .raise(),
-        Err(status) => UserError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
-            format!("could not start background worker \"{name}\""),
-        )
-        .detail(format!("The postmaster reported {status:?}."))
-        .hint("More details may be available in the server log.")
-        .raise(),
+        None => {
+            let message = format!("timed out after {} ms waiting for background worker \"{name}\" to start", timeout.as_millis());
+            fail(CapturedError { sqlerrcode: PgSqlErrorCode::ERRCODE_QUERY_CANCELED as i32, message: message.clone() });
+            UserError::new(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, message)
+                .detail("The worker was stopped.")
+                .hint("Raise bgworker_rs.launch_timeout, or look in the server log.")
+                .raise()
+        }
     }
+}
+
+fn out_of_slots(name: &str) -> ! {
+    UserError::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
+        format!("could not register background worker \"{name}\""),
+    )
+    .detail(format!(
+        "All background worker slots are in use (max_worker_processes = {}).",
+        toolkit::max_worker_processes()
+    ))
+    .hint("You may need to increase max_worker_processes.")
+    .raise()
 }

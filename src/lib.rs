@@ -1,13 +1,15 @@
 //! bgworker_rs: PostgreSQL background workers in safe Rust.
 //!
-//! `_PG_init` reads like a table of contents: settings, then the static
-//! workers when the library is preloaded. Dynamic workers are started from
+//! `_PG_init` reads like a table of contents: settings, then, when the
+//! library is preloaded, the shared-memory registry and the static workers. Dynamic workers are started from
 //! SQL by `bgw_launch()`; every worker runs the worker_spi port.
 
 mod errors;
 mod gucs;
 mod launch;
+mod manage;
 mod registration;
+mod registry;
 mod toolkit;
 mod worker_spi;
 
@@ -18,6 +20,7 @@ pub extern "C-unwind" fn _PG_init() {
     let preloading = toolkit::preloading();
     gucs::init(preloading);
     if preloading {
+        registry::init();
         registration::register_static_workers();
     }
 }

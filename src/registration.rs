@@ -4,7 +4,9 @@
 //! policy and `bgw_extra` differ.
 
 use crate::gucs;
-use pgrx::bgworkers::{BackgroundWorkerBuilder, DynamicBackgroundWorker};
+use crate::registry::Ticket;
+use crate::toolkit::{self, RawHandle};
+use pgrx::bgworkers::BackgroundWorkerBuilder;
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -38,8 +40,9 @@ impl Kind {
 }
 
 /// What a dynamic worker receives in `bgw_extra`: the database and role,
-/// resolved to OIDs by the launching backend, and the connection flags.
-/// Static workers get an empty `bgw_extra` and read the GUCs instead.
+/// resolved to OIDs by the launching backend, the connection flags, and the
+/// registry entry its launcher claimed for it. Static workers get an empty
+/// `bgw_extra` and read the GUCs instead.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectArgs {
     #[serde(rename = "d")]
@@ -48,6 +51,8 @@ pub struct ConnectArgs {
     pub role: u32,
     #[serde(rename = "f")]
     pub flags: u32,
+    #[serde(flatten)]
+    pub ticket: Ticket,
 }
 
 impl ConnectArgs {
@@ -94,15 +99,14 @@ pub fn register_static_workers() {
     }
 }
 
-/// Registers one dynamic worker that reports its start and exit to us.
-/// Dynamic workers are never restarted. `None`: no free worker slot.
-pub fn register_dynamic_worker(index: i32, args: ConnectArgs) -> Option<DynamicBackgroundWorker> {
-    template(index, Kind::Dynamic)
-        .set_restart_time(None)
+/// Registers one dynamic worker that reports its start and exit to us. It is
+/// restarted `restart_after` a failure, or never. `None`: no free slot.
+pub fn register_dynamic_worker(index: i32, args: ConnectArgs, restart_after: Option<Duration>) -> Option<RawHandle> {
+    let builder = template(index, Kind::Dynamic)
+        .set_restart_time(restart_after)
         .set_extra(&args.encode())
-        .set_notify_pid(crate::toolkit::my_pid())
-        .load_dynamic()
-        .ok()
+        .set_notify_pid(toolkit::my_pid());
+    toolkit::register_dynamic_worker((&builder).into())
 }
 
 #[cfg(test)]

@@ -279,3 +279,395 @@ pub fn array_ndim(array: *const pg_sys::ArrayType) -> i32 {
     // SAFETY: a detoasted, non-NULL ArrayType handed over by pgrx.
     unsafe { (*array).ndim }
 }
+
+// ---------------------------------------------------------------------------
+// Dynamic worker handles, usable from any backend.
+
+/// The contents of a `BackgroundWorkerHandle`. PostgreSQL keeps the struct
+/// private to bgworker.c (`{ int slot; uint64 generation; }`, unchanged since
+/// 9.4); mirroring it lets any backend, not only the launching one, ask for
+/// the worker's pid or terminate it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawHandle {
+    slot: i32,
+    generation: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerStatus {
+    NotYetStarted,
+    Started(i32),
+    Stopped,
+    PostmasterDied,
+}
+
+/// `RegisterDynamicBackgroundWorker`; `None` when no slot is free.
+pub fn register_dynamic_worker(mut worker: pg_sys::BackgroundWorker) -> Option<RawHandle> {
+    let mut handle: *mut pg_sys::BackgroundWorkerHandle = std::ptr::null_mut();
+    // SAFETY: `worker` is a complete registration; on success PostgreSQL sets
+    // `handle` to a palloc'd struct whose layout RawHandle mirrors.
+    unsafe {
+        if !pg_sys::RegisterDynamicBackgroundWorker(&mut worker, &mut handle) || handle.is_null() {
+            return None;
+        }
+        let raw = *(handle as *const RawHandle);
+        pg_sys::pfree(handle.cast());
+        Some(raw)
+    }
+}
+
+fn handle_ptr(handle: &mut RawHandle) -> *mut pg_sys::BackgroundWorkerHandle {
+    (handle as *mut RawHandle).cast()
+}
+
+/// `GetBackgroundWorkerPid`.
+pub fn worker_status(mut handle: RawHandle) -> WorkerStatus {
+    let mut pid: pg_sys::pid_t = 0;
+    // SAFETY: PostgreSQL only reads slot and generation, and checks both
+    // against the shared slot array before trusting them.
+    let status = unsafe { pg_sys::GetBackgroundWorkerPid(handle_ptr(&mut handle), &mut pid) };
+    match status {
+        pg_sys::BgwHandleStatus::BGWH_STARTED => WorkerStatus::Started(pid),
+        pg_sys::BgwHandleStatus::BGWH_NOT_YET_STARTED => WorkerStatus::NotYetStarted,
+        pg_sys::BgwHandleStatus::BGWH_STOPPED => WorkerStatus::Stopped,
+        _ => WorkerStatus::PostmasterDied,
+    }
+}
+
+/// `TerminateBackgroundWorker`: SIGTERM if running, and never restart it.
+pub fn terminate_worker(mut handle: RawHandle) {
+    // SAFETY: as in worker_status(); a stale generation makes this a no-op.
+    unsafe { pg_sys::TerminateBackgroundWorker(handle_ptr(&mut handle)) }
+}
+
+/// Sends SIGTERM to a process; false if it does not exist.
+pub fn send_sigterm(pid: i32) -> bool {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) == 0 }
+}
+
+/// Is there a process with this pid?
+pub fn process_exists(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    pid > 0 && unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+/// Wakes another backend waiting on its latch, if it still exists.
+pub fn wake_backend(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: BackendPidGetProc takes ProcArrayLock; the PGPROC it returns
+    // stays valid (procs are never freed), and SetLatch is safe to call on
+    // any process's latch.
+    unsafe {
+        let proc_ = pg_sys::BackendPidGetProc(pid);
+        if !proc_.is_null() {
+            pg_sys::SetLatch(&raw mut (*proc_).procLatch);
+        }
+    }
+}
+
+pub fn now() -> pg_sys::TimestampTz {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+pub fn check_for_interrupts() {
+    pg_sys::check_for_interrupts!();
+}
+
+// ---------------------------------------------------------------------------
+// Shared memory: a fixed-length array of plain structs behind one LWLock,
+// requested at preload time and located again in every process.
+
+pub struct SharedArray<T: 'static> {
+    name: &'static CStr,
+    ptr: std::sync::atomic::AtomicPtr<T>,
+    len: std::sync::atomic::AtomicUsize,
+    lock: std::sync::atomic::AtomicPtr<pg_sys::LWLock>,
+}
+
+use std::sync::atomic::Ordering::Relaxed;
+
+impl<T: Copy + Default + 'static> SharedArray<T> {
+    pub const fn new(name: &'static CStr) -> Self {
+        SharedArray {
+            name,
+            ptr: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+            len: std::sync::atomic::AtomicUsize::new(0),
+            lock: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    fn size(len: usize) -> usize {
+        std::mem::size_of::<T>() * len
+    }
+
+    /// From the `shmem_request_hook`.
+    pub fn request(&self, len: usize) {
+        // SAFETY: only valid inside the shmem_request_hook, which is where
+        // this is called; the tranche name is 'static.
+        unsafe {
+            pg_sys::RequestAddinShmemSpace(Self::size(len));
+            pg_sys::RequestNamedLWLockTranche(self.name.as_ptr(), 1);
+        }
+    }
+
+    /// From the `shmem_startup_hook`: find or create the array.
+    pub fn attach(&self, len: usize) {
+        let mut found = false;
+        // SAFETY: AddinShmemInitLock serializes the creation of add-in shared
+        // memory; a new array is initialised before anyone else can see it.
+        unsafe {
+            pg_sys::LWLockAcquire(addin_shmem_init_lock(), pg_sys::LWLockMode::LW_EXCLUSIVE);
+            let ptr = pg_sys::ShmemInitStruct(self.name.as_ptr(), Self::size(len), &mut found).cast::<T>();
+            if !found {
+                for i in 0..len {
+                    ptr.add(i).write(T::default());
+                }
+            }
+            let lock = &raw mut (*pg_sys::GetNamedLWLockTranche(self.name.as_ptr())).lock;
+            pg_sys::LWLockRelease(addin_shmem_init_lock());
+            self.ptr.store(ptr, Relaxed);
+            self.len.store(len, Relaxed);
+            self.lock.store(lock, Relaxed);
+        }
+    }
+
+    /// False where the library was not preloaded.
+    pub fn is_attached(&self) -> bool {
+        !self.ptr.load(Relaxed).is_null()
+    }
+
+    fn locked<R>(&self, mode: pg_sys::LWLockMode::Type, f: impl FnOnce(*mut T, usize) -> R) -> R {
+        let (ptr, len, lock) = (self.ptr.load(Relaxed), self.len.load(Relaxed), self.lock.load(Relaxed));
+        assert!(!ptr.is_null() && !lock.is_null(), "shared array {:?} is not attached", self.name);
+        struct Release(*mut pg_sys::LWLock);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                // SAFETY: we hold this lock (acquired just below).
+                unsafe { pg_sys::LWLockRelease(self.0) }
+            }
+        }
+        // SAFETY: a valid LWLock in shared memory; released by the guard,
+        // also if `f` panics.
+        unsafe { pg_sys::LWLockAcquire(lock, mode) };
+        let _release = Release(lock);
+        f(ptr, len)
+    }
+
+    /// Runs `f` on a copy of the array taken under a shared lock.
+    pub fn read<R>(&self, f: impl FnOnce(&[T]) -> R) -> R {
+        // SAFETY: the lock is held in shared mode, so nobody writes meanwhile.
+        self.locked(pg_sys::LWLockMode::LW_SHARED, |ptr, len| f(unsafe { std::slice::from_raw_parts(ptr, len) }))
+    }
+
+    /// Runs `f` on the array under the exclusive lock. Keep `f` short and free
+    /// of PostgreSQL calls that could raise an ERROR.
+    pub fn write<R>(&self, f: impl FnOnce(&mut [T]) -> R) -> R {
+        // SAFETY: the lock is held in exclusive mode.
+        self.locked(pg_sys::LWLockMode::LW_EXCLUSIVE, |ptr, len| {
+            f(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+        })
+    }
+}
+
+/// `AddinShmemInitLock`, a macro in lwlocknames.h that bindgen cannot see:
+/// `&MainLWLockArray[21].lock` on every supported version.
+///
+/// # Safety
+/// Only after shared memory is set up (in or after the startup hook).
+unsafe fn addin_shmem_init_lock() -> *mut pg_sys::LWLock {
+    const ADDIN_SHMEM_INIT_LOCK: usize = 21;
+    // SAFETY: MainLWLockArray holds all individual LWLocks, index 21 included.
+    unsafe { &raw mut (*pg_sys::MainLWLockArray.add(ADDIN_SHMEM_INIT_LOCK)).lock }
+}
+
+// SAFETY: all access to the array goes through its LWLock; the pointers are
+// set once per process by the startup hook.
+unsafe impl<T> Sync for SharedArray<T> {}
+
+static SHMEM_REQUEST: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+static SHMEM_STARTUP: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
+static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
+
+#[pgrx::pg_guard]
+extern "C-unwind" fn shmem_request_trampoline() {
+    // SAFETY: the previous hook was saved when ours was installed.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_REQUEST {
+            prev();
+        }
+    }
+    if let Some(f) = SHMEM_REQUEST.get() {
+        f();
+    }
+}
+
+#[pgrx::pg_guard]
+extern "C-unwind" fn shmem_startup_trampoline() {
+    // SAFETY: the previous hook was saved when ours was installed.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP {
+            prev();
+        }
+    }
+    if let Some(f) = SHMEM_STARTUP.get() {
+        f();
+    }
+}
+
+/// Installs `request` as a `shmem_request_hook` and `startup` as a
+/// `shmem_startup_hook`, chained after any earlier ones. Call from `_PG_init`
+/// while preloading.
+pub fn install_shmem_hooks(request: fn(), startup: fn()) {
+    let _ = SHMEM_REQUEST.set(request);
+    let _ = SHMEM_STARTUP.set(startup);
+    // SAFETY: _PG_init runs single-threaded in the postmaster.
+    unsafe {
+        PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(shmem_request_trampoline);
+        PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(shmem_startup_trampoline);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A worker's own errors, kept for its exit callback, and the callback itself.
+
+/// SQLSTATE and message of an error a worker raised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedError {
+    pub sqlerrcode: i32,
+    pub message: String,
+}
+
+impl CapturedError {
+    /// The SQLSTATE as five characters, e.g. "57P01".
+    pub fn sqlstate(&self) -> String {
+        (0..5).map(|i| char::from((((self.sqlerrcode >> (6 * i)) & 0x3f) as u8) + b'0')).collect()
+    }
+}
+
+static LAST_ERROR: std::sync::Mutex<Option<CapturedError>> = std::sync::Mutex::new(None);
+static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
+
+#[pgrx::pg_guard]
+extern "C-unwind" fn emit_log_trampoline(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: PostgreSQL passes a valid ErrorData; we only read it and copy
+    // the message into Rust-owned memory. No lock is taken here, so an error
+    // raised while we hold the registry lock cannot deadlock.
+    unsafe {
+        if !edata.is_null() && (*edata).elevel >= pg_sys::PGERROR as i32 {
+            let message = if (*edata).message.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr((*edata).message).to_string_lossy().into_owned()
+            };
+            if let Ok(mut last) = LAST_ERROR.lock() {
+                *last = Some(CapturedError { sqlerrcode: (*edata).sqlerrcode, message });
+            }
+        }
+        if let Some(prev) = PREV_EMIT_LOG {
+            prev(edata);
+        }
+    }
+}
+
+/// Keeps the last ERROR or FATAL this process reports (see `last_error`).
+pub fn capture_errors() {
+    // SAFETY: called once at worker start, single-threaded.
+    unsafe {
+        PREV_EMIT_LOG = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(emit_log_trampoline);
+    }
+}
+
+pub fn last_error() -> Option<CapturedError> {
+    LAST_ERROR.lock().ok().and_then(|e| e.clone())
+}
+
+static ON_EXIT: std::sync::OnceLock<fn(i32)> = std::sync::OnceLock::new();
+
+#[pgrx::pg_guard]
+extern "C-unwind" fn on_exit_trampoline(code: std::os::raw::c_int, _arg: pg_sys::Datum) {
+    if let Some(f) = ON_EXIT.get() {
+        f(code);
+    }
+}
+
+/// Runs `f(exit_code)` when the process exits (`on_shmem_exit`), while its
+/// PGPROC and LWLocks still work. One callback per process.
+pub fn on_exit(f: fn(i32)) {
+    if ON_EXIT.set(f).is_ok() {
+        // SAFETY: registers a guarded callback; PostgreSQL calls it once.
+        unsafe { pg_sys::on_shmem_exit(Some(on_exit_trampoline), pg_sys::Datum::from(0)) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// SQL `name` values for result columns.
+
+/// A value of SQL type `name` (at most NAMEDATALEN - 1 bytes; longer input is
+/// cut at a character boundary, as PostgreSQL does).
+pub struct SqlName(pub String);
+
+pgrx::impl_sql_translatable!(SqlName, "name");
+
+impl pgrx::IntoDatum for SqlName {
+    fn into_datum(self) -> Option<pg_sys::Datum> {
+        let max = pg_sys::NAMEDATALEN as usize - 1;
+        let mut end = self.0.len().min(max);
+        while !self.0.is_char_boundary(end) {
+            end -= 1;
+        }
+        // SAFETY: palloc0 of a full NameData, so the value is NUL-padded to
+        // NAMEDATALEN as every reader of `name` expects.
+        unsafe {
+            let name = pg_sys::palloc0(std::mem::size_of::<pg_sys::NameData>()).cast::<u8>();
+            std::ptr::copy_nonoverlapping(self.0.as_ptr(), name, end);
+            Some(pg_sys::Datum::from(name))
+        }
+    }
+
+    fn type_oid() -> pg_sys::Oid {
+        pg_sys::NAMEOID
+    }
+}
+
+/// Waits on this backend's latch until `done` returns `Some`, or `timeout`
+/// passes (`None`: no limit). Wakes at least every 10 ms for changes nobody
+/// signals, and answers query cancel and termination meanwhile.
+pub fn wait_for<R>(timeout: Option<std::time::Duration>, mut done: impl FnMut() -> Option<R>) -> Option<R> {
+    const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(r) = done() {
+            return Some(r);
+        }
+        let nap = match timeout {
+            Some(t) => match t.checked_sub(start.elapsed()) {
+                Some(left) if !left.is_zero() => left.min(POLL),
+                _ => return None,
+            },
+            None => POLL,
+        };
+        wait_latch(nap.as_millis().max(1) as i64);
+        check_for_interrupts();
+    }
+}
+
+// SAFETY: returns the datum built by into_datum(), a palloc'd NameData.
+unsafe impl pgrx::callconv::BoxRet for SqlName {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut pgrx::callconv::FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        use pgrx::IntoDatum;
+        match self.into_datum() {
+            // SAFETY: a valid `name` datum for the function's result.
+            Some(datum) => unsafe { fcinfo.return_raw_datum(datum) },
+            None => fcinfo.return_null(),
+        }
+    }
+}

@@ -4,16 +4,21 @@
 
 use crate::gucs;
 use crate::registration::ConnectArgs;
+use crate::registry::{self, Kind, Ticket};
 use crate::toolkit::{self, Connection};
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 use std::ffi::{CStr, CString};
+use std::sync::OnceLock;
 
 const TABLE: &str = "counted";
 
 /// Serializes the first start of workers that share an index, so that two of
 /// them cannot both find the schema missing and both try to create it.
 const INIT_LOCK_CLASS: i32 = 0x6267_7773; // "bgws"
+
+/// This process's registry entry, for the exit callback.
+static TICKET: OnceLock<Ticket> = OnceLock::new();
 
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -33,12 +38,19 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
         }
     };
 
+    // Register before connecting, so that a failed connection is recorded.
+    toolkit::capture_errors();
+    register(index, args);
+
     toolkit::install_signal_handlers();
     connect(args);
 
     let name = toolkit::worker_name();
     log!("{name} initialized with {schema}.{TABLE}");
     initialize(index, &schema);
+    if let Some(&ticket) = TICKET.get() {
+        registry::set_running(ticket, toolkit::current_database().to_u32(), toolkit::current_user().to_u32());
+    }
 
     let fold = fold_query(&schema);
     loop {
@@ -60,6 +72,37 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
 
         if let Some(total) = total {
             log!("{name}: count in {schema}.{TABLE} is now {total}");
+        }
+        if let Some(&ticket) = TICKET.get() {
+            registry::count_iteration(ticket);
+        }
+    }
+}
+
+/// Takes this worker's registry entry and arranges to leave it on exit.
+fn register(index: i32, args: Option<ConnectArgs>) {
+    if !registry::is_available() {
+        return; // not preloaded: bgw_launch refuses, so only by hand
+    }
+    let (kind, database, role, ticket) = match args {
+        Some(a) => (Kind::Dynamic, a.database, a.role, Some(a.ticket)),
+        None => (Kind::Static, 0, 0, None),
+    };
+    match registry::attach(kind, index, database, role, ticket) {
+        Some(ticket) => {
+            let _ = TICKET.set(ticket);
+            toolkit::on_exit(|_code| {
+                if let Some(&ticket) = TICKET.get() {
+                    registry::detach(ticket, toolkit::last_error());
+                }
+            });
+        }
+        None => {
+            ereport!(
+                FATAL,
+                PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                format!("another bgworker_rs worker with index {index} is running")
+            );
         }
     }
 }

@@ -1,0 +1,358 @@
+//! The registry: one entry in shared memory for every worker this extension
+//! starts, static or dynamic, so that any session can list, wait for and
+//! stop them. Sized from `max_worker_processes`, requested at preload time.
+//!
+//! Entries are keyed by worker index (two live workers never share an index,
+//! since they would share `schemaN`). An entry outlives its worker as
+//! 'stopped' or 'failed', for inspection, until its slot is needed again.
+//! Crash recovery reinitializes shared memory, and with it the registry.
+
+use crate::toolkit::{self, CapturedError, RawHandle, SharedArray};
+
+const ERROR_LEN: usize = 256;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    #[default]
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Failed => "failed",
+        }
+    }
+
+    pub fn is_active(self) -> bool {
+        matches!(self, State::Starting | State::Running | State::Stopping)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    #[default]
+    Static,
+    Dynamic,
+}
+
+impl From<crate::registration::Kind> for Kind {
+    fn from(k: crate::registration::Kind) -> Self {
+        match k {
+            crate::registration::Kind::Static => Kind::Static,
+            crate::registration::Kind::Dynamic => Kind::Dynamic,
+        }
+    }
+}
+
+/// One worker, as kept in shared memory: plain data only.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Entry {
+    pub in_use: bool,
+    pub kind: Kind,
+    pub state: State,
+    pub index: i32,
+    /// Bumped at every claim, so that a worker or launcher holding an old
+    /// copy never writes into an entry that has been reused.
+    pub epoch: u64,
+    pub pid: i32,
+    pub last_pid: i32,
+    pub database: u32,
+    pub role: u32,
+    pub started_at: i64,
+    /// Process starts since the entry was claimed; restarts = starts - 1.
+    pub starts: i32,
+    pub iterations: u64,
+    /// Backend waiting in bgw_launch for this worker to come up, woken by it.
+    pub launcher_pid: i32,
+    pub handle: Option<RawHandle>,
+    pub error_code: i32,
+    pub error_len: u16,
+    pub error: [u8; ERROR_LEN],
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            in_use: false,
+            kind: Kind::Static,
+            state: State::Stopped,
+            index: 0,
+            epoch: 0,
+            pid: 0,
+            last_pid: 0,
+            database: 0,
+            role: 0,
+            started_at: 0,
+            starts: 0,
+            iterations: 0,
+            launcher_pid: 0,
+            handle: None,
+            error_code: 0,
+            error_len: 0,
+            error: [0; ERROR_LEN],
+        }
+    }
+}
+
+impl Entry {
+    pub fn last_error(&self) -> Option<CapturedError> {
+        (self.error_len > 0 || self.error_code != 0).then(|| CapturedError {
+            sqlerrcode: self.error_code,
+            message: String::from_utf8_lossy(&self.error[..self.error_len as usize]).into_owned(),
+        })
+    }
+
+    fn set_error(&mut self, e: &CapturedError) {
+        let mut end = e.message.len().min(ERROR_LEN);
+        while !e.message.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.error[..end].copy_from_slice(&e.message.as_bytes()[..end]);
+        self.error_len = end as u16;
+        self.error_code = e.sqlerrcode;
+    }
+
+    pub fn restarts(&self) -> i32 {
+        (self.starts - 1).max(0)
+    }
+
+    /// The pid to show: the live one, else the last one.
+    pub fn shown_pid(&self) -> i32 {
+        if self.pid != 0 { self.pid } else { self.last_pid }
+    }
+}
+
+static REGISTRY: SharedArray<Entry> = SharedArray::new(c"bgworker_rs registry");
+
+fn capacity() -> usize {
+    toolkit::max_worker_processes().max(1) as usize
+}
+
+/// Called from `_PG_init` while preloading.
+pub fn init() {
+    toolkit::install_shmem_hooks(|| REGISTRY.request(capacity()), || REGISTRY.attach(capacity()));
+}
+
+pub fn is_available() -> bool {
+    REGISTRY.is_attached()
+}
+
+/// Where an entry lives and which claim of it we hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ticket {
+    #[serde(rename = "s")]
+    pub slot: u32,
+    #[serde(rename = "e")]
+    pub epoch: u64,
+}
+
+pub enum ClaimError {
+    /// Another live worker has this index.
+    IndexInUse { pid: i32, state: State },
+    Full,
+}
+
+fn is_stale_start(e: &Entry) -> bool {
+    // A launch whose backend died before the worker was registered.
+    e.state == State::Starting && e.handle.is_none() && e.pid == 0 && !toolkit::process_exists(e.launcher_pid)
+}
+
+/// Picks a slot for `index`: the entry it already has, else a free one, else
+/// the longest-stopped one.
+fn pick_slot(entries: &[Entry], index: i32) -> Result<usize, ClaimError> {
+    if let Some((i, e)) = entries.iter().enumerate().find(|(_, e)| e.in_use && e.index == index) {
+        if e.state.is_active() && !is_stale_start(e) {
+            return Err(ClaimError::IndexInUse { pid: e.shown_pid(), state: e.state });
+        }
+        return Ok(i);
+    }
+    if let Some(i) = entries.iter().position(|e| !e.in_use) {
+        return Ok(i);
+    }
+    entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.state.is_active() || is_stale_start(e))
+        .min_by_key(|(_, e)| e.started_at)
+        .map(|(i, _)| i)
+        .ok_or(ClaimError::Full)
+}
+
+/// A launching backend claims an entry for a new dynamic worker.
+pub fn claim_for_launch(index: i32, database: u32, role: u32) -> Result<Ticket, ClaimError> {
+    let launcher = toolkit::my_pid();
+    REGISTRY.write(|entries| {
+        let slot = pick_slot(entries, index)?;
+        let epoch = entries[slot].epoch.wrapping_add(1);
+        entries[slot] = Entry {
+            in_use: true,
+            kind: Kind::Dynamic,
+            state: State::Starting,
+            index,
+            epoch,
+            database,
+            role,
+            launcher_pid: launcher,
+            ..Entry::default()
+        };
+        Ok(Ticket { slot: slot as u32, epoch })
+    })
+}
+
+fn with_ticket<R>(ticket: Ticket, f: impl FnOnce(&mut Entry) -> R) -> Option<R> {
+    REGISTRY.write(|entries| {
+        let e = entries.get_mut(ticket.slot as usize)?;
+        (e.in_use && e.epoch == ticket.epoch).then(|| f(e))
+    })
+}
+
+pub fn set_handle(ticket: Ticket, handle: RawHandle) {
+    with_ticket(ticket, |e| e.handle = Some(handle));
+}
+
+/// Frees an entry whose worker was never registered.
+pub fn release(ticket: Ticket) {
+    with_ticket(ticket, |e| *e = Entry { epoch: e.epoch, ..Entry::default() });
+}
+
+/// Records a launch that failed and will not be retried.
+pub fn mark_failed(ticket: Ticket, error: &CapturedError) {
+    with_ticket(ticket, |e| {
+        e.state = State::Failed;
+        e.set_error(error);
+        if e.pid != 0 {
+            e.last_pid = e.pid;
+            e.pid = 0;
+        }
+    });
+}
+
+pub fn get(ticket: Ticket) -> Option<Entry> {
+    REGISTRY.read(|entries| {
+        entries.get(ticket.slot as usize).filter(|e| e.in_use && e.epoch == ticket.epoch).copied()
+    })
+}
+
+/// A worker process takes its entry: the one its launcher claimed, or for a
+/// static worker (or after crash recovery wiped the registry) one by index.
+pub fn attach(kind: Kind, index: i32, database: u32, role: u32, ticket: Option<Ticket>) -> Option<Ticket> {
+    if !is_available() {
+        return None;
+    }
+    let pid = toolkit::my_pid();
+    let now = toolkit::now();
+    REGISTRY.write(|entries| {
+        let claimed = ticket.filter(|t| {
+            entries.get(t.slot as usize).is_some_and(|e| e.in_use && e.epoch == t.epoch && e.index == index)
+        });
+        let (slot, fresh) = match claimed {
+            Some(t) => (t.slot as usize, false),
+            None => {
+                let slot = match pick_slot(entries, index) {
+                    Ok(slot) => slot,
+                    // A live worker owns this index; keep out of its entry.
+                    Err(_) => return None,
+                };
+                let e = &entries[slot];
+                let same = e.in_use && e.index == index && e.kind == kind;
+                (slot, !same)
+            }
+        };
+        let e = &mut entries[slot];
+        if fresh {
+            *e = Entry { epoch: e.epoch.wrapping_add(1), ..Entry::default() };
+        }
+        e.in_use = true;
+        e.kind = kind;
+        e.index = index;
+        e.state = State::Starting;
+        e.pid = pid;
+        e.database = database;
+        e.role = role;
+        e.started_at = now;
+        e.starts += 1;
+        Some(Ticket { slot: slot as u32, epoch: e.epoch })
+    })
+}
+
+/// The worker has connected and initialized its table.
+pub fn set_running(ticket: Ticket, database: u32, role: u32) {
+    let launcher = with_ticket(ticket, |e| {
+        e.state = State::Running;
+        e.database = database;
+        e.role = role;
+        std::mem::take(&mut e.launcher_pid)
+    });
+    if let Some(pid) = launcher {
+        toolkit::wake_backend(pid);
+    }
+}
+
+pub fn count_iteration(ticket: Ticket) {
+    with_ticket(ticket, |e| e.iterations += 1);
+}
+
+pub fn set_stopping(ticket: Ticket) {
+    with_ticket(ticket, |e| {
+        if e.state.is_active() {
+            e.state = State::Stopping
+        }
+    });
+}
+
+/// From the worker's exit callback: 'stopped' after a clean exit or SIGTERM,
+/// 'failed' (with the error) otherwise.
+pub fn detach(ticket: Ticket, error: Option<CapturedError>) {
+    const ADMIN_SHUTDOWN: &str = "57P01";
+    let launcher = with_ticket(ticket, |e| {
+        let failed = error.as_ref().is_some_and(|err| err.sqlstate() != ADMIN_SHUTDOWN);
+        e.state = if failed { State::Failed } else { State::Stopped };
+        if let Some(err) = error.as_ref().filter(|_| failed) {
+            e.set_error(err);
+        }
+        e.last_pid = e.pid;
+        e.pid = 0;
+        std::mem::take(&mut e.launcher_pid)
+    });
+    if let Some(pid) = launcher {
+        toolkit::wake_backend(pid);
+    }
+}
+
+/// The entry of a live or last-seen worker pid.
+pub fn find_by_pid(pid: i32) -> Option<(Ticket, Entry)> {
+    if pid <= 0 {
+        return None;
+    }
+    REGISTRY.read(|entries| {
+        let by = |f: &dyn Fn(&Entry) -> bool| {
+            entries
+                .iter()
+                .enumerate()
+                .find(|(_, e)| e.in_use && f(e))
+                .map(|(i, e)| (Ticket { slot: i as u32, epoch: e.epoch }, *e))
+        };
+        by(&|e| e.pid == pid).or_else(|| by(&|e| e.pid == 0 && e.last_pid == pid))
+    })
+}
+
+pub fn snapshot() -> Vec<Entry> {
+    REGISTRY.read(|entries| entries.iter().filter(|e| e.in_use).copied().collect())
+}
+
+/// Backend pid `pid` of this ticket's worker, if it is still that worker.
+pub fn is_running_as(ticket: Ticket, pid: i32) -> bool {
+    get(ticket).is_some_and(|e| e.pid == pid)
+}
