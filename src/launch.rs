@@ -46,7 +46,13 @@ fn bgw_launch(
     let database = database.map_or_else(toolkit::current_database, resolve_database);
     let role = role.map_or_else(toolkit::current_user, resolve_role);
     check_permissions(database, role, flags);
-    start(index, database.to_u32(), role.to_u32(), flags, restart_after)
+    start(
+        index,
+        database.to_u32(),
+        role.to_u32(),
+        flags,
+        restart_after,
+    )
 }
 
 fn check_index(index: Option<i32>) -> i32 {
@@ -70,13 +76,20 @@ fn check_index(index: Option<i32>) -> i32 {
 fn parse_restart_after(restart_after: Option<Interval>) -> Option<Duration> {
     let micros = restart_after?.as_micros();
     if micros < 0 {
-        UserError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "restart_after must not be negative").raise();
+        UserError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "restart_after must not be negative",
+        )
+        .raise();
     }
     let secs = (micros + 999_999) / 1_000_000;
     if secs > gucs::MAX_RESTART_TIME_S as i128 {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("restart_after must be at most {} seconds", gucs::MAX_RESTART_TIME_S),
+            format!(
+                "restart_after must be at most {} seconds",
+                gucs::MAX_RESTART_TIME_S
+            ),
         )
         .raise();
     }
@@ -206,11 +219,18 @@ fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option
             format!("a bgworker_rs worker with index {index} is already running"),
         )
         .detail(format!("Worker pid {pid} is {}.", state.as_str()))
-        .hint(format!("Stop it with bgw_terminate({pid}), or choose another index."))
+        .hint(format!(
+            "Stop it with bgw_terminate({pid}), or choose another index."
+        ))
         .raise(),
         Err(ClaimError::Full) => out_of_slots(&name),
     };
-    let args = ConnectArgs { database, role, flags, ticket };
+    let args = ConnectArgs {
+        database,
+        role,
+        flags,
+        ticket,
+    };
     let Some(handle) = registration::register_dynamic_worker(index, args, restart_after) else {
         registry::release(ticket);
         out_of_slots(&name)
@@ -227,7 +247,9 @@ fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option
         let entry = registry::get(ticket);
         match entry.map(|e| e.state) {
             Some(State::Running) => return entry.map(|e| Outcome::Ready(e.pid)),
-            Some(State::Failed) => return Some(Outcome::Failed(entry.and_then(|e| e.last_error()))),
+            Some(State::Failed) => {
+                return Some(Outcome::Failed(entry.and_then(|e| e.last_error())));
+            }
             _ => {}
         }
         match toolkit::worker_status(handle) {
@@ -248,12 +270,17 @@ fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option
         Some(Outcome::Failed(Some(error))) => {
             fail(error.clone());
             UserError::new(PgSqlErrorCode::from(error.sqlerrcode), error.message)
-                .detail(format!("Reported by background worker \"{name}\" while starting."))
+                .detail(format!(
+                    "Reported by background worker \"{name}\" while starting."
+                ))
                 .raise()
         }
         Some(Outcome::Failed(None)) => {
             let message = format!("background worker \"{name}\" stopped before it was ready");
-            fail(CapturedError { sqlerrcode: PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES as i32, message: message.clone() });
+            fail(CapturedError {
+                sqlerrcode: PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES as i32,
+                message: message.clone(),
+            });
             UserError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES, message)
                 .hint("More details may be available in the server log.")
                 .raise()
@@ -265,8 +292,14 @@ fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option
         .hint("Kill all remaining database processes and restart the database.")
         .raise(),
         None => {
-            let message = format!("timed out after {} ms waiting for background worker \"{name}\" to start", timeout.as_millis());
-            fail(CapturedError { sqlerrcode: PgSqlErrorCode::ERRCODE_QUERY_CANCELED as i32, message: message.clone() });
+            let message = format!(
+                "timed out after {} ms waiting for background worker \"{name}\" to start",
+                timeout.as_millis()
+            );
+            fail(CapturedError {
+                sqlerrcode: PgSqlErrorCode::ERRCODE_QUERY_CANCELED as i32,
+                message: message.clone(),
+            });
             UserError::new(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, message)
                 .detail("The worker was stopped.")
                 .hint("Raise bgworker_rs.launch_timeout, or look in the server log.")

@@ -23,7 +23,8 @@ pub fn require_registry() {
 /// Superusers manage every worker; others the workers of roles whose
 /// privileges they have.
 fn may_manage(entry: &Entry) -> bool {
-    toolkit::is_superuser() || toolkit::has_privs_of_role(toolkit::current_user(), entry.role.into())
+    toolkit::is_superuser()
+        || toolkit::has_privs_of_role(toolkit::current_user(), entry.role.into())
 }
 
 fn check_may_manage(entry: &Entry, pid: i32) {
@@ -41,24 +42,37 @@ fn check_may_manage(entry: &Entry, pid: i32) {
 }
 
 fn check_pid(pid: Option<i32>) -> i32 {
-    pid.unwrap_or_else(|| UserError::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "pid must not be NULL").raise())
+    pid.unwrap_or_else(|| {
+        UserError::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "pid must not be NULL",
+        )
+        .raise()
+    })
 }
 
 /// NULL: no limit.
 fn parse_timeout(timeout: Option<Interval>) -> Option<Duration> {
     let micros = timeout?.as_micros();
     if micros < 0 {
-        UserError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "timeout must not be negative").raise();
+        UserError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "timeout must not be negative",
+        )
+        .raise();
     }
-    Some(Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX)))
+    Some(Duration::from_micros(
+        u64::try_from(micros).unwrap_or(u64::MAX),
+    ))
 }
 
 /// Waits until the process `pid` of this entry has exited.
 fn wait_exit(ticket: Ticket, pid: i32, timeout: Option<Duration>) -> bool {
-    toolkit::wait_for(timeout, || (!registry::is_running_as(ticket, pid) && !toolkit::process_exists(pid)).then_some(()))
-        .is_some()
+    toolkit::wait_for(timeout, || {
+        (!registry::is_running_as(ticket, pid) && !toolkit::process_exists(pid)).then_some(())
+    })
+    .is_some()
 }
-
 
 #[pg_extern(sql = r#"
 CREATE FUNCTION bgw_list() RETURNS TABLE(
@@ -113,10 +127,13 @@ fn bgw_list() -> TableIterator<
                 (e.database != 0).then(|| SqlName(toolkit::database_name(e.database.into()))),
                 (e.role != 0).then(|| SqlName(toolkit::role_name(e.role.into()))),
                 e.state.as_str().to_string(),
-                (e.started_at != 0).then(|| TimestampWithTimeZone::try_from(e.started_at).ok()).flatten(),
+                (e.started_at != 0)
+                    .then(|| TimestampWithTimeZone::try_from(e.started_at).ok())
+                    .flatten(),
                 e.restarts(),
                 e.iterations.min(i64::MAX as u64) as i64,
-                e.last_error().map(|err| format!("{}: {}", err.sqlstate(), err.message)),
+                e.last_error()
+                    .map(|err| format!("{}: {}", err.sqlstate(), err.message)),
             )
         })
         .collect();

@@ -8,7 +8,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn show(guc: &str) -> String {
-        Spi::get_one::<String>(&format!("SHOW {guc}")).unwrap().unwrap_or_default()
+        Spi::get_one::<String>(&format!("SHOW {guc}"))
+            .unwrap()
+            .unwrap_or_default()
     }
 
     #[pg_test]
@@ -35,20 +37,27 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             Spi::run("SELECT pg_stat_clear_snapshot()").unwrap();
-            let n = Spi::get_one::<i64>("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bgworker_rs'")
-                .unwrap()
-                .unwrap_or(0);
+            let n = Spi::get_one::<i64>(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bgworker_rs'",
+            )
+            .unwrap()
+            .unwrap_or(0);
             if n == 2 {
                 break;
             }
-            assert!(Instant::now() < deadline, "expected 2 static workers, saw {n}");
+            assert!(
+                Instant::now() < deadline,
+                "expected 2 static workers, saw {n}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     #[pg_test]
     fn launch_returns_the_pid_of_a_dynamic_worker() {
-        let pid = Spi::get_one::<i32>("SELECT bgw_launch(21)").unwrap().expect("a pid, never NULL");
+        let pid = Spi::get_one::<i32>("SELECT bgw_launch(21)")
+            .unwrap()
+            .expect("a pid, never NULL");
         // Started by the postmaster; attached (visible) a moment later.
         let deadline = Instant::now() + Duration::from_secs(20);
         let backend_type = loop {
@@ -60,11 +69,18 @@ mod tests {
             if let Ok(Some(t)) = t {
                 break t;
             }
-            assert!(Instant::now() < deadline, "worker {pid} never appeared in pg_stat_activity");
+            assert!(
+                Instant::now() < deadline,
+                "worker {pid} never appeared in pg_stat_activity"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         assert_eq!(backend_type, "bgworker_rs dynamic");
-        assert_eq!(Spi::get_one_with_args::<bool>("SELECT pg_terminate_backend($1)", &[pid.into()]).unwrap(), Some(true));
+        assert_eq!(
+            Spi::get_one_with_args::<bool>("SELECT pg_terminate_backend($1)", &[pid.into()])
+                .unwrap(),
+            Some(true)
+        );
     }
 
     #[pg_test]
@@ -75,7 +91,10 @@ mod tests {
              JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'bgworker_rs' \
              WHERE p.pronamespace <> 'tests'::regnamespace";
         let total = Spi::get_one::<i64>(&format!("SELECT count(*) FROM ({ours}) f")).unwrap();
-        assert!(total.unwrap_or(0) >= 1, "the check below must look at our functions");
+        assert!(
+            total.unwrap_or(0) >= 1,
+            "the check below must look at our functions"
+        );
         let public = Spi::get_one::<i64>(&format!(
             "SELECT count(*) FROM ({ours}) f WHERE has_function_privilege('public', f.oid, 'EXECUTE')"
         ))

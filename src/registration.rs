@@ -101,7 +101,11 @@ pub fn register_static_workers() {
 
 /// Registers one dynamic worker that reports its start and exit to us. It is
 /// restarted `restart_after` a failure, or never. `None`: no free slot.
-pub fn register_dynamic_worker(index: i32, args: ConnectArgs, restart_after: Option<Duration>) -> Option<RawHandle> {
+pub fn register_dynamic_worker(
+    index: i32,
+    args: ConnectArgs,
+    restart_after: Option<Duration>,
+) -> Option<RawHandle> {
     let builder = template(index, Kind::Dynamic)
         .set_restart_time(restart_after)
         .set_extra(&args.encode())

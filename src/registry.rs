@@ -77,6 +77,9 @@ pub struct Entry {
     /// Backend waiting in bgw_launch for this worker to come up, woken by it.
     pub launcher_pid: i32,
     pub handle: Option<RawHandle>,
+    /// The launcher gave up on this worker (failed or timed out start): a
+    /// late worker must not take the entry, nor overwrite the failure.
+    pub abandoned: bool,
     pub error_code: i32,
     pub error_len: u16,
     pub error: [u8; ERROR_LEN],
@@ -99,6 +102,7 @@ impl Default for Entry {
             iterations: 0,
             launcher_pid: 0,
             handle: None,
+            abandoned: false,
             error_code: 0,
             error_len: 0,
             error: [0; ERROR_LEN],
@@ -130,7 +134,11 @@ impl Entry {
 
     /// The pid to show: the live one, else the last one.
     pub fn shown_pid(&self) -> i32 {
-        if self.pid != 0 { self.pid } else { self.last_pid }
+        if self.pid != 0 {
+            self.pid
+        } else {
+            self.last_pid
+        }
     }
 }
 
@@ -142,7 +150,10 @@ fn capacity() -> usize {
 
 /// Called from `_PG_init` while preloading.
 pub fn init() {
-    toolkit::install_shmem_hooks(|| REGISTRY.request(capacity()), || REGISTRY.attach(capacity()));
+    toolkit::install_shmem_hooks(
+        || REGISTRY.request(capacity()),
+        || REGISTRY.attach(capacity()),
+    );
 }
 
 pub fn is_available() -> bool {
@@ -160,21 +171,34 @@ pub struct Ticket {
 
 pub enum ClaimError {
     /// Another live worker has this index.
-    IndexInUse { pid: i32, state: State },
+    IndexInUse {
+        pid: i32,
+        state: State,
+    },
     Full,
 }
 
 fn is_stale_start(e: &Entry) -> bool {
     // A launch whose backend died before the worker was registered.
-    e.state == State::Starting && e.handle.is_none() && e.pid == 0 && !toolkit::process_exists(e.launcher_pid)
+    e.state == State::Starting
+        && e.handle.is_none()
+        && e.pid == 0
+        && !toolkit::process_exists(e.launcher_pid)
 }
 
 /// Picks a slot for `index`: the entry it already has, else a free one, else
 /// the longest-stopped one.
 fn pick_slot(entries: &[Entry], index: i32) -> Result<usize, ClaimError> {
-    if let Some((i, e)) = entries.iter().enumerate().find(|(_, e)| e.in_use && e.index == index) {
+    if let Some((i, e)) = entries
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.in_use && e.index == index)
+    {
         if e.state.is_active() && !is_stale_start(e) {
-            return Err(ClaimError::IndexInUse { pid: e.shown_pid(), state: e.state });
+            return Err(ClaimError::IndexInUse {
+                pid: e.shown_pid(),
+                state: e.state,
+            });
         }
         return Ok(i);
     }
@@ -207,7 +231,10 @@ pub fn claim_for_launch(index: i32, database: u32, role: u32) -> Result<Ticket, 
             launcher_pid: launcher,
             ..Entry::default()
         };
-        Ok(Ticket { slot: slot as u32, epoch })
+        Ok(Ticket {
+            slot: slot as u32,
+            epoch,
+        })
     })
 }
 
@@ -224,13 +251,19 @@ pub fn set_handle(ticket: Ticket, handle: RawHandle) {
 
 /// Frees an entry whose worker was never registered.
 pub fn release(ticket: Ticket) {
-    with_ticket(ticket, |e| *e = Entry { epoch: e.epoch, ..Entry::default() });
+    with_ticket(ticket, |e| {
+        *e = Entry {
+            epoch: e.epoch,
+            ..Entry::default()
+        }
+    });
 }
 
 /// Records a launch that failed and will not be retried.
 pub fn mark_failed(ticket: Ticket, error: &CapturedError) {
     with_ticket(ticket, |e| {
         e.state = State::Failed;
+        e.abandoned = true;
         e.set_error(error);
         if e.pid != 0 {
             e.last_pid = e.pid;
@@ -241,29 +274,43 @@ pub fn mark_failed(ticket: Ticket, error: &CapturedError) {
 
 pub fn get(ticket: Ticket) -> Option<Entry> {
     REGISTRY.read(|entries| {
-        entries.get(ticket.slot as usize).filter(|e| e.in_use && e.epoch == ticket.epoch).copied()
+        entries
+            .get(ticket.slot as usize)
+            .filter(|e| e.in_use && e.epoch == ticket.epoch)
+            .copied()
     })
+}
+
+pub enum Attach {
+    Attached(Ticket),
+    /// Its launcher gave up on it: the worker should just go away.
+    Abandoned,
+    /// Another live worker has this index.
+    IndexInUse(i32),
 }
 
 /// A worker process takes its entry: the one its launcher claimed, or for a
 /// static worker (or after crash recovery wiped the registry) one by index.
-pub fn attach(kind: Kind, index: i32, database: u32, role: u32, ticket: Option<Ticket>) -> Option<Ticket> {
-    if !is_available() {
-        return None;
-    }
+pub fn attach(kind: Kind, index: i32, database: u32, role: u32, ticket: Option<Ticket>) -> Attach {
     let pid = toolkit::my_pid();
     let now = toolkit::now();
     REGISTRY.write(|entries| {
         let claimed = ticket.filter(|t| {
-            entries.get(t.slot as usize).is_some_and(|e| e.in_use && e.epoch == t.epoch && e.index == index)
+            entries
+                .get(t.slot as usize)
+                .is_some_and(|e| e.in_use && e.epoch == t.epoch && e.index == index)
         });
+        if claimed.is_some_and(|t| entries[t.slot as usize].abandoned) {
+            return Attach::Abandoned;
+        }
         let (slot, fresh) = match claimed {
             Some(t) => (t.slot as usize, false),
             None => {
                 let slot = match pick_slot(entries, index) {
                     Ok(slot) => slot,
                     // A live worker owns this index; keep out of its entry.
-                    Err(_) => return None,
+                    Err(ClaimError::IndexInUse { pid, .. }) => return Attach::IndexInUse(pid),
+                    Err(ClaimError::Full) => return Attach::IndexInUse(0),
                 };
                 let e = &entries[slot];
                 let same = e.in_use && e.index == index && e.kind == kind;
@@ -272,7 +319,10 @@ pub fn attach(kind: Kind, index: i32, database: u32, role: u32, ticket: Option<T
         };
         let e = &mut entries[slot];
         if fresh {
-            *e = Entry { epoch: e.epoch.wrapping_add(1), ..Entry::default() };
+            *e = Entry {
+                epoch: e.epoch.wrapping_add(1),
+                ..Entry::default()
+            };
         }
         e.in_use = true;
         e.kind = kind;
@@ -283,7 +333,10 @@ pub fn attach(kind: Kind, index: i32, database: u32, role: u32, ticket: Option<T
         e.role = role;
         e.started_at = now;
         e.starts += 1;
-        Some(Ticket { slot: slot as u32, epoch: e.epoch })
+        Attach::Attached(Ticket {
+            slot: slot as u32,
+            epoch: e.epoch,
+        })
     })
 }
 
@@ -317,8 +370,20 @@ pub fn set_stopping(ticket: Ticket) {
 pub fn detach(ticket: Ticket, error: Option<CapturedError>) {
     const ADMIN_SHUTDOWN: &str = "57P01";
     let launcher = with_ticket(ticket, |e| {
-        let failed = error.as_ref().is_some_and(|err| err.sqlstate() != ADMIN_SHUTDOWN);
-        e.state = if failed { State::Failed } else { State::Stopped };
+        if e.abandoned {
+            // The launcher's account of the failure stands.
+            e.last_pid = e.pid;
+            e.pid = 0;
+            return 0;
+        }
+        let failed = error
+            .as_ref()
+            .is_some_and(|err| err.sqlstate() != ADMIN_SHUTDOWN);
+        e.state = if failed {
+            State::Failed
+        } else {
+            State::Stopped
+        };
         if let Some(err) = error.as_ref().filter(|_| failed) {
             e.set_error(err);
         }
@@ -342,7 +407,15 @@ pub fn find_by_pid(pid: i32) -> Option<(Ticket, Entry)> {
                 .iter()
                 .enumerate()
                 .find(|(_, e)| e.in_use && f(e))
-                .map(|(i, e)| (Ticket { slot: i as u32, epoch: e.epoch }, *e))
+                .map(|(i, e)| {
+                    (
+                        Ticket {
+                            slot: i as u32,
+                            epoch: e.epoch,
+                        },
+                        *e,
+                    )
+                })
         };
         by(&|e| e.pid == pid).or_else(|| by(&|e| e.pid == 0 && e.last_pid == pid))
     })

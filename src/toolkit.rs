@@ -374,6 +374,17 @@ pub fn now() -> pg_sys::TimestampTz {
     unsafe { pg_sys::GetCurrentTimestamp() }
 }
 
+/// Ends this process with exit code 0, so that the postmaster unregisters
+/// the worker instead of restarting it.
+pub fn exit_quietly() -> ! {
+    // SAFETY: proc_exit runs the exit callbacks and never returns.
+    unsafe { pg_sys::proc_exit(0) };
+    #[allow(unreachable_code)]
+    {
+        unreachable!("proc_exit returned")
+    }
+}
+
 pub fn check_for_interrupts() {
     pg_sys::check_for_interrupts!();
 }
@@ -422,7 +433,8 @@ impl<T: Copy + Default + 'static> SharedArray<T> {
         // memory; a new array is initialised before anyone else can see it.
         unsafe {
             pg_sys::LWLockAcquire(addin_shmem_init_lock(), pg_sys::LWLockMode::LW_EXCLUSIVE);
-            let ptr = pg_sys::ShmemInitStruct(self.name.as_ptr(), Self::size(len), &mut found).cast::<T>();
+            let ptr = pg_sys::ShmemInitStruct(self.name.as_ptr(), Self::size(len), &mut found)
+                .cast::<T>();
             if !found {
                 for i in 0..len {
                     ptr.add(i).write(T::default());
@@ -442,8 +454,16 @@ impl<T: Copy + Default + 'static> SharedArray<T> {
     }
 
     fn locked<R>(&self, mode: pg_sys::LWLockMode::Type, f: impl FnOnce(*mut T, usize) -> R) -> R {
-        let (ptr, len, lock) = (self.ptr.load(Relaxed), self.len.load(Relaxed), self.lock.load(Relaxed));
-        assert!(!ptr.is_null() && !lock.is_null(), "shared array {:?} is not attached", self.name);
+        let (ptr, len, lock) = (
+            self.ptr.load(Relaxed),
+            self.len.load(Relaxed),
+            self.lock.load(Relaxed),
+        );
+        assert!(
+            !ptr.is_null() && !lock.is_null(),
+            "shared array {:?} is not attached",
+            self.name
+        );
         struct Release(*mut pg_sys::LWLock);
         impl Drop for Release {
             fn drop(&mut self) {
@@ -461,7 +481,9 @@ impl<T: Copy + Default + 'static> SharedArray<T> {
     /// Runs `f` on a copy of the array taken under a shared lock.
     pub fn read<R>(&self, f: impl FnOnce(&[T]) -> R) -> R {
         // SAFETY: the lock is held in shared mode, so nobody writes meanwhile.
-        self.locked(pg_sys::LWLockMode::LW_SHARED, |ptr, len| f(unsafe { std::slice::from_raw_parts(ptr, len) }))
+        self.locked(pg_sys::LWLockMode::LW_SHARED, |ptr, len| {
+            f(unsafe { std::slice::from_raw_parts(ptr, len) })
+        })
     }
 
     /// Runs `f` on the array under the exclusive lock. Keep `f` short and free
@@ -548,7 +570,9 @@ pub struct CapturedError {
 impl CapturedError {
     /// The SQLSTATE as five characters, e.g. "57P01".
     pub fn sqlstate(&self) -> String {
-        (0..5).map(|i| char::from((((self.sqlerrcode >> (6 * i)) & 0x3f) as u8) + b'0')).collect()
+        (0..5)
+            .map(|i| char::from((((self.sqlerrcode >> (6 * i)) & 0x3f) as u8) + b'0'))
+            .collect()
     }
 }
 
@@ -565,10 +589,15 @@ extern "C-unwind" fn emit_log_trampoline(edata: *mut pg_sys::ErrorData) {
             let message = if (*edata).message.is_null() {
                 String::new()
             } else {
-                CStr::from_ptr((*edata).message).to_string_lossy().into_owned()
+                CStr::from_ptr((*edata).message)
+                    .to_string_lossy()
+                    .into_owned()
             };
             if let Ok(mut last) = LAST_ERROR.lock() {
-                *last = Some(CapturedError { sqlerrcode: (*edata).sqlerrcode, message });
+                *last = Some(CapturedError {
+                    sqlerrcode: (*edata).sqlerrcode,
+                    message,
+                });
             }
         }
         if let Some(prev) = PREV_EMIT_LOG {
@@ -641,7 +670,10 @@ impl pgrx::IntoDatum for SqlName {
 /// Waits on this backend's latch until `done` returns `Some`, or `timeout`
 /// passes (`None`: no limit). Wakes at least every 10 ms for changes nobody
 /// signals, and answers query cancel and termination meanwhile.
-pub fn wait_for<R>(timeout: Option<std::time::Duration>, mut done: impl FnMut() -> Option<R>) -> Option<R> {
+pub fn wait_for<R>(
+    timeout: Option<std::time::Duration>,
+    mut done: impl FnMut() -> Option<R>,
+) -> Option<R> {
     const POLL: std::time::Duration = std::time::Duration::from_millis(10);
     let start = std::time::Instant::now();
     loop {
@@ -662,7 +694,10 @@ pub fn wait_for<R>(timeout: Option<std::time::Duration>, mut done: impl FnMut() 
 
 // SAFETY: returns the datum built by into_datum(), a palloc'd NameData.
 unsafe impl pgrx::callconv::BoxRet for SqlName {
-    unsafe fn box_into<'fcx>(self, fcinfo: &mut pgrx::callconv::FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+    unsafe fn box_into<'fcx>(
+        self,
+        fcinfo: &mut pgrx::callconv::FcInfo<'fcx>,
+    ) -> pgrx::datum::Datum<'fcx> {
         use pgrx::IntoDatum;
         match self.into_datum() {
             // SAFETY: a valid `name` datum for the function's result.

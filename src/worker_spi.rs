@@ -4,7 +4,7 @@
 
 use crate::gucs;
 use crate::registration::ConnectArgs;
-use crate::registry::{self, Kind, Ticket};
+use crate::registry::{self, Attach, Kind, Ticket};
 use crate::toolkit::{self, Connection};
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
@@ -49,7 +49,11 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
     log!("{name} initialized with {schema}.{TABLE}");
     initialize(index, &schema);
     if let Some(&ticket) = TICKET.get() {
-        registry::set_running(ticket, toolkit::current_database().to_u32(), toolkit::current_user().to_u32());
+        registry::set_running(
+            ticket,
+            toolkit::current_database().to_u32(),
+            toolkit::current_user().to_u32(),
+        );
     }
 
     let fold = fold_query(&schema);
@@ -89,7 +93,7 @@ fn register(index: i32, args: Option<ConnectArgs>) {
         None => (Kind::Static, 0, 0, None),
     };
     match registry::attach(kind, index, database, role, ticket) {
-        Some(ticket) => {
+        Attach::Attached(ticket) => {
             let _ = TICKET.set(ticket);
             toolkit::on_exit(|_code| {
                 if let Some(&ticket) = TICKET.get() {
@@ -97,11 +101,19 @@ fn register(index: i32, args: Option<ConnectArgs>) {
                 }
             });
         }
-        None => {
+        Attach::Abandoned => {
+            // Exit code 0: the postmaster forgets the worker for good.
+            log!(
+                "{}: its launcher gave up on it; exiting",
+                toolkit::worker_name()
+            );
+            toolkit::exit_quietly();
+        }
+        Attach::IndexInUse(pid) => {
             ereport!(
                 FATAL,
                 PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-                format!("another bgworker_rs worker with index {index} is running")
+                format!("another bgworker_rs worker with index {index} is running (pid {pid})")
             );
         }
     }
@@ -132,16 +144,21 @@ fn connect(args: Option<ConnectArgs>) {
     }
 }
 
-/// Creates `schemaN.counted` and its unique partial index unless the schema
-/// exists, with worker_spi's exact DDL.
+/// Creates `schemaN.counted` and its unique partial index with worker_spi's
+/// DDL unless the schema exists. Unlike worker_spi, a schema whose table was
+/// dropped gets the table back, so that a restarted worker heals itself.
 fn initialize(index: i32, schema: &str) {
-    let ddl = format!(
-        "CREATE SCHEMA {s} \
-         CREATE TABLE {t} (type text CHECK (type IN ('total', 'delta')), value integer) \
-         CREATE UNIQUE INDEX {i} ON {t} (type) WHERE type = 'total'",
-        s = quote_identifier(schema),
-        t = quote_identifier(TABLE),
-        i = quote_identifier(format!("{TABLE}_unique_total")),
+    let (s, t, i) = (
+        quote_identifier(schema),
+        quote_identifier(TABLE),
+        quote_identifier(format!("{TABLE}_unique_total")),
+    );
+    let columns = "(type text CHECK (type IN ('total', 'delta')), value integer)";
+    let create_schema = format!(
+        "CREATE SCHEMA {s} CREATE TABLE {t} {columns} CREATE UNIQUE INDEX {i} ON {t} (type) WHERE type = 'total'"
+    );
+    let create_table = format!(
+        "CREATE TABLE {s}.{t} {columns}; CREATE UNIQUE INDEX {i} ON {s}.{t} (type) WHERE type = 'total'"
     );
     toolkit::in_transaction(c"initializing bgworker_rs schema", || {
         Spi::connect_mut(|client| {
@@ -151,19 +168,19 @@ fn initialize(index: i32, schema: &str) {
                 &[INIT_LOCK_CLASS.into(), index.into()],
             )?;
             // Not read-only, so this statement takes a fresh snapshot and sees
-            // a schema that a worker holding the lock before us committed.
-            let exists = client
-                .update(
-                    "SELECT count(*) FROM pg_namespace WHERE nspname = $1",
-                    None,
-                    &[schema.into()],
-                )?
-                .first()
-                .get_one::<i64>()?
-                .unwrap_or(0)
-                > 0;
-            if !exists {
-                client.update(ddl.as_str(), None, &[])?;
+            // what a worker holding the lock before us committed.
+            let row = client.update(
+                "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = $1), to_regclass($2) IS NOT NULL",
+                None,
+                &[schema.into(), format!("{s}.{t}").into()],
+            )?;
+            let row = row.first();
+            let schema_exists = row.get::<i64>(1)?.unwrap_or(0) > 0;
+            let table_exists = row.get::<bool>(2)?.unwrap_or(false);
+            if !schema_exists {
+                client.update(create_schema.as_str(), None, &[])?;
+            } else if !table_exists {
+                client.update(create_table.as_str(), None, &[])?;
             }
             Ok::<_, pgrx::spi::Error>(())
         })

@@ -19,7 +19,11 @@ fn pg_regress_suite() {
     let mut names: Vec<String> = std::fs::read_dir(suite.join("sql"))
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter_map(|e| e.path().file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter_map(|e| {
+            e.path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
         .filter(|n| n != "setup")
         .collect();
     names.sort();
@@ -44,10 +48,18 @@ fn pg_regress_suite() {
 
     if std::env::var_os("BGW_REGRESS_ACCEPT").is_some() {
         for t in &tests {
-            std::fs::copy(suite.join(format!("results/{t}.out")), suite.join(format!("expected/{t}.out"))).unwrap();
+            std::fs::copy(
+                suite.join(format!("results/{t}.out")),
+                suite.join(format!("expected/{t}.out")),
+            )
+            .unwrap();
         }
         return;
     }
     let diffs = std::fs::read_to_string(suite.join("regression.diffs")).unwrap_or_default();
-    assert!(out.status.success(), "pg_regress failed:\n{diffs}\nserver log:\n{}", cluster.log());
+    assert!(
+        out.status.success(),
+        "pg_regress failed:\n{diffs}\nserver log:\n{}",
+        cluster.log()
+    );
 }

@@ -20,7 +20,10 @@ pub fn pg_config() -> String {
 }
 
 fn pg_config_value(flag: &str) -> PathBuf {
-    let out = Command::new(pg_config()).arg(flag).output().expect("run pg_config");
+    let out = Command::new(pg_config())
+        .arg(flag)
+        .output()
+        .expect("run pg_config");
     assert!(out.status.success(), "pg_config {flag} failed");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
@@ -67,19 +70,44 @@ impl Cluster {
     }
 
     fn start_with(base: &[&str], conf: &[&str]) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("bgw-test-").tempdir_in("/tmp").expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod tempdir");
-        let cluster = Cluster { dir, bindir: bindir(), running: false };
+        let dir = tempfile::Builder::new()
+            .prefix("bgw-test-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod tempdir");
+        let cluster = Cluster {
+            dir,
+            bindir: bindir(),
+            running: false,
+        };
         let data = cluster.data_dir();
         let out = run_as_postgres(
             &cluster.bindir.join("initdb"),
-            &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
         );
-        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         let mut lines = vec![
             "listen_addresses = ''".to_string(),
-            format!("unix_socket_directories = '{}'", cluster.socket_dir().display()),
+            format!(
+                "unix_socket_directories = '{}'",
+                cluster.socket_dir().display()
+            ),
             format!("port = {PORT}"),
             "fsync = off".into(),
             "bgworker_rs.naptime = '100ms'".into(),
@@ -124,7 +152,12 @@ impl Cluster {
     /// Starts the server; panics with the server log if it does not come up.
     pub fn pg_ctl_start(&mut self) {
         let out = self.pg_ctl(&["-w", "-t", "60", "start"]);
-        assert!(out.status.success(), "pg_ctl start failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
         self.running = true;
     }
 
@@ -145,7 +178,11 @@ impl Cluster {
 
     pub fn restart(&mut self) {
         let out = self.stop("fast");
-        assert!(out.status.success(), "pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.pg_ctl_start();
     }
 
@@ -169,7 +206,8 @@ impl Cluster {
     }
 
     pub fn connect_as(&self, user: &str, dbname: &str) -> Client {
-        self.try_connect_as(user, dbname).unwrap_or_else(|e| panic!("connect as {user} to {dbname}: {e}"))
+        self.try_connect_as(user, dbname)
+            .unwrap_or_else(|e| panic!("connect as {user} to {dbname}: {e}"))
     }
 
     pub fn log(&self) -> String {
@@ -179,7 +217,11 @@ impl Cluster {
     /// Waits until the server log contains `needle`; panics with the log after `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
         let found = poll(timeout, || self.log().contains(needle).then_some(()));
-        assert!(found.is_some(), "log never contained {needle:?} within {timeout:?}; log:\n{}", self.log());
+        assert!(
+            found.is_some(),
+            "log never contained {needle:?} within {timeout:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// How many times `needle` appears in the server log.
@@ -218,7 +260,10 @@ pub fn wait_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>
 /// Pids of our workers by backend type ('bgworker_rs' or 'bgworker_rs dynamic').
 pub fn worker_pids(client: &mut Client, backend_type: &str) -> Vec<i32> {
     client
-        .query("SELECT pid FROM pg_stat_activity WHERE backend_type = $1 ORDER BY pid", &[&backend_type])
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = $1 ORDER BY pid",
+            &[&backend_type],
+        )
         .expect("query pg_stat_activity")
         .iter()
         .map(|r| r.get(0))
@@ -227,7 +272,10 @@ pub fn worker_pids(client: &mut Client, backend_type: &str) -> Vec<i32> {
 
 pub fn pid_alive(client: &mut Client, pid: i32) -> bool {
     client
-        .query_one("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
         .map(|r| r.get::<_, i64>(0) == 1)
         .unwrap_or(false)
 }
@@ -245,15 +293,23 @@ pub fn delta_count(client: &mut Client, index: i32) -> i64 {
 
 pub fn table_exists(client: &mut Client, index: i32) -> bool {
     let sql = format!("SELECT to_regclass('schema{index}.counted') IS NOT NULL");
-    client.query_one(&sql, &[]).map(|r| r.get(0)).unwrap_or(false)
+    client
+        .query_one(&sql, &[])
+        .map(|r| r.get(0))
+        .unwrap_or(false)
 }
 
 /// The SQLSTATE and message of a failed statement; panics if it succeeded.
-pub fn expect_error(client: &mut Client, sql: &str) -> (String, String, Option<String>, Option<String>) {
+pub fn expect_error(
+    client: &mut Client,
+    sql: &str,
+) -> (String, String, Option<String>, Option<String>) {
     match client.batch_execute(sql) {
         Ok(()) => panic!("expected an error from {sql:?}, but it succeeded"),
         Err(e) => {
-            let db = e.as_db_error().unwrap_or_else(|| panic!("not a server error for {sql:?}: {e}"));
+            let db = e
+                .as_db_error()
+                .unwrap_or_else(|| panic!("not a server error for {sql:?}: {e}"));
             (
                 db.code().code().to_string(),
                 db.message().to_string(),
