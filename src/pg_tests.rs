@@ -20,6 +20,7 @@ mod tests {
         assert_eq!(show("bgworker_rs.restart_time"), "5s");
         assert_eq!(show("bgworker_rs.database"), "postgres");
         assert_eq!(show("bgworker_rs.role"), "");
+        assert_eq!(show("bgworker_rs.launch_timeout"), "30s");
         let context = Spi::get_one::<String>(
             "SELECT string_agg(name || '=' || context, ',' ORDER BY name) FROM pg_settings WHERE name LIKE 'bgworker_rs.%'",
         )
@@ -27,8 +28,8 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(
             context,
-            "bgworker_rs.database=sighup,bgworker_rs.naptime=sighup,bgworker_rs.restart_time=postmaster,\
-             bgworker_rs.role=sighup,bgworker_rs.total_workers=postmaster"
+            "bgworker_rs.database=sighup,bgworker_rs.launch_timeout=user,bgworker_rs.naptime=sighup,\
+             bgworker_rs.restart_time=postmaster,bgworker_rs.role=sighup,bgworker_rs.total_workers=postmaster"
         );
     }
 
@@ -100,6 +101,27 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(public, Some(0));
+    }
+
+    #[pg_test]
+    fn list_shows_the_static_workers() {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let running = Spi::get_one::<String>(
+                "SELECT string_agg(format('%s/%s/%s/%s', index, kind, type, state), ',' ORDER BY index) \
+                 FROM bgw_list() WHERE kind = 'static'",
+            )
+            .unwrap()
+            .unwrap_or_default();
+            if running == "1/static/bgworker_rs/running,2/static/bgworker_rs/running" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "static workers not listed as running: {running}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[pg_test(error = "invalid worker index 0")]
