@@ -123,6 +123,10 @@ mod unit_tests {
             database: u32::MAX,
             role: u32::MAX,
             flags: u32::MAX,
+            ticket: Ticket {
+                slot: u32::MAX,
+                epoch: u64::MAX,
+            },
         };
         let text = args.encode();
         assert!(text.len() <= EXTRA_CAPACITY, "{text}");
