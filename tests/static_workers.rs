@@ -297,6 +297,7 @@ fn out_of_range_settings_in_config_warn_and_keep_defaults() {
         .collect();
     let expect = [
         ("database", "postgres"),
+        ("launch_timeout", "30000"),
         ("naptime", "10000"),
         ("restart_time", "5"),
         ("role", ""),
