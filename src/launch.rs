@@ -9,7 +9,14 @@ use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::time::Duration;
 
-const FLAG_NAMES: &str = "ALLOWCONN";
+/// The flags this server accepts, for hints.
+fn flag_names() -> &'static str {
+    if toolkit::BYPASS_ROLELOGINCHECK.is_some() {
+        "ALLOWCONN, ROLELOGINCHECK"
+    } else {
+        "ALLOWCONN"
+    }
+}
 
 #[pg_extern(sql = r#"
 CREATE FUNCTION bgw_launch(
@@ -22,7 +29,7 @@ CREATE FUNCTION bgw_launch(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'bgw_launch_wrapper';
 COMMENT ON FUNCTION bgw_launch(int4, name, name, text[], interval) IS
-'Starts dynamic worker "bgworker_rs dynamic worker <index>", which folds schema<index>.counted, and returns its pid once it has connected and initialized; if it fails first, raises its error. NULL database or role: the caller''s current one. flags: ALLOWCONN (superuser only) connects even where datallowconn is false. restart_after: restart it that long after a failure (NULL: never).';
+'Starts dynamic worker "bgworker_rs dynamic worker <index>", which folds schema<index>.counted, and returns its pid once it has connected and initialized; if it fails first, raises its error. NULL database or role: the caller''s current one. flags (superuser only): ALLOWCONN connects even where datallowconn is false; ROLELOGINCHECK (PostgreSQL 17+) as a role that may not log in. restart_after: restart it that long after a failure (NULL: never).';
 "#)]
 fn bgw_launch(
     index: Option<i32>,
@@ -147,12 +154,24 @@ fn parse_flags(flags: Option<Array<'_, String>>) -> u32 {
         };
         let bit = match name.as_str() {
             "ALLOWCONN" => toolkit::BYPASS_ALLOWCONN,
+            "ROLELOGINCHECK" => toolkit::BYPASS_ROLELOGINCHECK.unwrap_or_else(|| {
+                UserError::new(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "flag \"ROLELOGINCHECK\" requires PostgreSQL 17 or later",
+                )
+                .detail(format!(
+                    "This server is PostgreSQL {}.",
+                    toolkit::server_version()
+                ))
+                .raise()
+            }),
             _ => UserError::new(
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("unrecognized flag \"{name}\""),
             )
             .hint(format!(
-                "Valid flags are: {FLAG_NAMES}. Flags are case-sensitive."
+                "Valid flags are: {}. Flags are case-sensitive.",
+                flag_names()
             ))
             .raise(),
         };

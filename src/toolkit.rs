@@ -12,6 +12,35 @@ use std::ffi::CStr;
 /// `BGWORKER_BYPASS_ALLOWCONN`: connect even where `datallowconn` is false.
 pub const BYPASS_ALLOWCONN: u32 = pg_sys::BGWORKER_BYPASS_ALLOWCONN;
 
+/// `BGWORKER_BYPASS_ROLELOGINCHECK` (PostgreSQL 17+): connect as a role that
+/// may not log in. `None` where the server does not have it.
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+pub const BYPASS_ROLELOGINCHECK: Option<u32> = Some(pg_sys::BGWORKER_BYPASS_ROLELOGINCHECK);
+#[cfg(not(any(feature = "pg17", feature = "pg18")))]
+pub const BYPASS_ROLELOGINCHECK: Option<u32> = None;
+
+/// The wait event a worker shows while it sleeps on its latch: on 17+ the
+/// custom event "WorkerSpiMain" (as worker_spi), listed in `pg_wait_events`;
+/// before 17 the generic "Extension".
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+pub fn worker_wait_event() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static EVENT: AtomicU32 = AtomicU32::new(0);
+    let mut event = EVENT.load(Ordering::Relaxed);
+    if event == 0 {
+        // SAFETY: called in a worker attached to shared memory; PostgreSQL
+        // returns the same id for the same name in every process.
+        event = unsafe { pg_sys::WaitEventExtensionNew(c"WorkerSpiMain".as_ptr()) };
+        EVENT.store(event, Ordering::Relaxed);
+    }
+    event
+}
+
+#[cfg(not(any(feature = "pg17", feature = "pg18")))]
+pub fn worker_wait_event() -> u32 {
+    pg_sys::PG_WAIT_EXTENSION
+}
+
 /// Is the library being loaded through `shared_preload_libraries`?
 pub fn preloading() -> bool {
     // SAFETY: plain read of a postmaster-set global.
@@ -92,17 +121,13 @@ pub fn connect(target: &Connection<'_>, flags: u32) {
 }
 
 /// Sleeps on the process latch for up to `timeout_ms` (0: just poll), exits
-/// at once if the postmaster dies, then resets the latch.
-pub fn wait_latch(timeout_ms: i64) {
+/// at once if the postmaster dies, then resets the latch. `wait_event` is
+/// what `pg_stat_activity` shows meanwhile.
+pub fn wait_latch(timeout_ms: i64, wait_event: u32) {
     let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
     // SAFETY: MyLatch is set for every process attached to shared memory.
     unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            events,
-            timeout_ms as _,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
+        pg_sys::WaitLatch(pg_sys::MyLatch, events, timeout_ms as _, wait_event);
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
 }
@@ -200,6 +225,12 @@ pub fn current_database() -> pg_sys::Oid {
 pub fn my_pid() -> i32 {
     // SAFETY: plain read of a backend-local global.
     unsafe { pg_sys::MyProcPid }
+}
+
+/// "15.20", "18.6": the server's version, for messages.
+pub fn server_version() -> &'static str {
+    // SAFETY: PG_VERSION is a NUL-terminated constant.
+    pg_sys::PG_VERSION.to_str().unwrap_or("unknown")
 }
 
 pub fn max_worker_processes() -> i32 {
@@ -687,7 +718,7 @@ pub fn wait_for<R>(
             },
             None => POLL,
         };
-        wait_latch(nap.as_millis().max(1) as i64);
+        wait_latch(nap.as_millis().max(1) as i64, pg_sys::PG_WAIT_EXTENSION);
         check_for_interrupts();
     }
 }

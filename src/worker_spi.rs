@@ -58,7 +58,7 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
 
     let fold = fold_query(&schema);
     loop {
-        toolkit::wait_latch(gucs::NAPTIME_MS.get().into());
+        toolkit::wait_latch(gucs::NAPTIME_MS.get().into(), toolkit::worker_wait_event());
         pg_sys::check_for_interrupts!();
         toolkit::reload_config_if_requested();
 
