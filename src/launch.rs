@@ -203,6 +203,14 @@ fn check_permissions(database: pg_sys::Oid, role: pg_sys::Oid, flags: u32) {
         .detail("Only superusers may launch workers that bypass datallowconn.")
         .raise();
     }
+    if toolkit::BYPASS_ROLELOGINCHECK.is_some_and(|bit| flags & bit != 0) {
+        UserError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "permission denied to use flag \"ROLELOGINCHECK\"",
+        )
+        .detail("Only superusers may launch workers that bypass the role login check.")
+        .raise();
+    }
     if !toolkit::has_privs_of_role(me, role) {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,

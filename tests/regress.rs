@@ -3,7 +3,9 @@
 //! own `regress` command cannot start its instance as root, so this runs the
 //! same files against a throwaway cluster.
 //!
-//! `BGW_REGRESS_ACCEPT=1` copies the actual output over the expected files.
+//! `BGW_REGRESS_ACCEPT=1` copies the actual output over the expected files;
+//! `BGW_REGRESS_ACCEPT=_1` writes pg_regress's alternative `name_1.out`
+//! instead, for output that differs by version (flags of PostgreSQL 17+).
 
 mod common;
 
