@@ -69,17 +69,23 @@ pub fn install_signal_handlers() {
 
 // The C handlers themselves: pgrx's `pg_sys::die` is a guarded Rust wrapper,
 // which must never run inside a signal handler.
+// SAFETY: both are `void f(SIGNAL_ARGS)` in postgres.c and interrupt.c, on
+// every supported version.
 unsafe extern "C-unwind" {
     fn die(postgres_signal_arg: std::os::raw::c_int);
     fn SignalHandlerForConfigReload(postgres_signal_arg: std::os::raw::c_int);
 }
 
+/// # Safety
+/// `handler` must be async-signal-safe; call before unblocking signals.
 #[cfg(not(feature = "pg18"))]
 unsafe fn pqsignal(signo: i32, handler: pg_sys::pqsigfunc) {
     // SAFETY: forwarded from the caller's contract.
     unsafe { pg_sys::pqsignal(signo, handler) };
 }
 
+/// # Safety
+/// `handler` must be async-signal-safe; call before unblocking signals.
 #[cfg(feature = "pg18")]
 unsafe fn pqsignal(signo: i32, handler: pg_sys::pqsigfunc) {
     // SAFETY: forwarded from the caller's contract.

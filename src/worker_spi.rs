@@ -23,8 +23,8 @@ static TICKET: OnceLock<Ticket> = OnceLock::new();
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
-    // SAFETY: bgw_main_arg is always set from an int4 by registration.rs.
-    let index = unsafe { i32::from_datum(main_arg, false) }.unwrap_or_default();
+    // registration.rs always passes the index as an int4 by value.
+    let index = main_arg.value() as i32;
     let schema = format!("schema{index}");
 
     let args = match ConnectArgs::decode(&toolkit::worker_extra()) {

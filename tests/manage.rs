@@ -268,14 +268,20 @@ fn launch_reports_why_a_worker_failed() {
 
 #[test]
 fn launch_times_out_with_a_clear_error() {
-    let (_cluster, mut c) = cluster(&["bgworker_rs.total_workers = 0"]);
-    c.batch_execute("SET bgworker_rs.launch_timeout = 1")
-        .unwrap(); // 1 ms: never enough
+    let (cluster, mut c) = cluster(&["bgworker_rs.total_workers = 0"]);
+    // Hold the advisory lock the worker takes to initialize schema5: it
+    // connects, then waits for us, so it cannot be ready in time.
+    let mut holder = cluster.connect();
+    holder
+        .batch_execute("SELECT pg_advisory_lock(1650947955, 5)")
+        .unwrap(); // 0x6267_7773, "bgws"
+    c.batch_execute("SET bgworker_rs.launch_timeout = '300ms'")
+        .unwrap();
     let (code, msg, detail, hint) = expect_error(&mut c, "SELECT bgw_launch(5)");
     assert_eq!(code, "57014");
     assert_eq!(
         msg,
-        "timed out after 1 ms waiting for background worker \"bgworker_rs dynamic worker 5\" to start"
+        "timed out after 300 ms waiting for background worker \"bgworker_rs dynamic worker 5\" to start"
     );
     assert_eq!(detail.as_deref(), Some("The worker was stopped."));
     assert!(

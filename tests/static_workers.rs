@@ -178,7 +178,7 @@ fn database_and_role_gucs() {
         .unwrap();
     let (db, user) = wait_until("worker connected to workdb as workrole", T, || {
         c.query_opt(
-            "SELECT datname::text, usename::text FROM pg_stat_activity WHERE backend_type = 'bgworker_rs'",
+            "SELECT datname::text, usename::text FROM pg_stat_activity WHERE backend_type = 'bgworker_rs' AND datname IS NOT NULL",
             &[],
         )
         .unwrap()
