@@ -13,6 +13,7 @@ pub static DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 pub static ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static RESTART_TIME_S: GucSetting<i32> = GucSetting::<i32>::new(5);
+pub static MONITOR: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static LAUNCH_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 
 /// Defines the settings. As in worker_spi, the postmaster-level ones exist
@@ -67,6 +68,14 @@ pub fn init(preloading: bool) {
             GucContext::Postmaster,
             GucFlags::default(),
         );
+        GucRegistry::define_bool_guc(
+            c"bgworker_rs.monitor",
+            c"Start the monitor, a read-only static worker that also runs on a hot standby.",
+            c"",
+            &MONITOR,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
         GucRegistry::define_int_guc(
             c"bgworker_rs.restart_time",
             c"Delay before the postmaster restarts a static worker that exited.",
@@ -79,5 +88,8 @@ pub fn init(preloading: bool) {
         );
     }
 
+    // Test builds only; must be defined before the prefix is reserved, which
+    // drops every placeholder not defined by then.
+    crate::faults::init();
     crate::toolkit::reserve_guc_prefix(c"bgworker_rs");
 }

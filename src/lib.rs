@@ -5,9 +5,11 @@
 //! SQL by `bgw_launch()`; every worker runs the worker_spi port.
 
 mod errors;
+mod faults;
 mod gucs;
 mod launch;
 mod manage;
+mod monitor;
 mod registration;
 mod registry;
 mod toolkit;

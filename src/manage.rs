@@ -2,7 +2,6 @@
 //! `bgw_wait()`, all over the shared-memory registry.
 
 use crate::errors::UserError;
-use crate::registration::Kind as Naming;
 use crate::registry::{self, Entry, Kind, State, Ticket};
 use crate::toolkit::{self, SqlName};
 use pgrx::prelude::*;
@@ -110,20 +109,12 @@ fn bgw_list() -> TableIterator<
         .into_iter()
         .filter(may_manage)
         .map(|e| {
-            let naming = match e.kind {
-                Kind::Static => Naming::Static,
-                Kind::Dynamic => Naming::Dynamic,
-            };
             (
                 e.index,
                 (e.pid != 0).then_some(e.pid),
-                naming.worker_name(e.index),
-                naming.worker_type().to_string(),
-                match e.kind {
-                    Kind::Static => "static",
-                    Kind::Dynamic => "dynamic",
-                }
-                .to_string(),
+                e.kind.worker_name(e.index),
+                e.kind.worker_type().to_string(),
+                e.kind.as_str().to_string(),
                 (e.database != 0).then(|| SqlName(toolkit::database_name(e.database.into()))),
                 (e.role != 0).then(|| SqlName(toolkit::role_name(e.role.into()))),
                 e.state.as_str().to_string(),

@@ -6,28 +6,45 @@
 use crate::gucs;
 use crate::registry::Ticket;
 use crate::toolkit::{self, RawHandle};
-use pgrx::bgworkers::BackgroundWorkerBuilder;
+use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 pub const LIBRARY: &str = "bgworker_rs";
 pub const MAIN_FUNCTION: &str = "bgworker_rs_main";
+pub const MONITOR_FUNCTION: &str = "bgworker_rs_monitor_main";
 
 /// `bgw_extra` is 128 bytes and read back as a NUL-terminated string.
 const EXTRA_CAPACITY: usize = 127;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The kinds of worker; also stored in the shared-memory registry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Kind {
+    /// worker_spi port, registered from `_PG_init`.
+    #[default]
     Static,
+    /// worker_spi port, started by `bgw_launch()`.
     Dynamic,
+    /// Read-only, also on a hot standby (`bgworker_rs.monitor`).
+    Monitor,
 }
 
 impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Static => "static",
+            Kind::Dynamic => "dynamic",
+            Kind::Monitor => "monitor",
+        }
+    }
+
     pub fn worker_name(self, index: i32) -> String {
         match self {
             Kind::Static => format!("bgworker_rs worker {index}"),
             Kind::Dynamic => format!("bgworker_rs dynamic worker {index}"),
+            Kind::Monitor => "bgworker_rs monitor".to_string(),
         }
     }
 
@@ -35,6 +52,7 @@ impl Kind {
         match self {
             Kind::Static => "bgworker_rs",
             Kind::Dynamic => "bgworker_rs dynamic",
+            Kind::Monitor => "bgworker_rs monitor",
         }
     }
 }
@@ -75,18 +93,24 @@ impl ConnectArgs {
 }
 
 fn template(index: i32, kind: Kind) -> BackgroundWorkerBuilder {
-    BackgroundWorkerBuilder::new(&kind.worker_name(index))
+    let builder = BackgroundWorkerBuilder::new(&kind.worker_name(index))
         .set_type(kind.worker_type())
         .set_library(LIBRARY)
-        .set_function(MAIN_FUNCTION)
         .set_argument(index.into_datum())
         // SHMEM_ACCESS + BACKEND_DATABASE_CONNECTION, start at
         // BgWorkerStart_RecoveryFinished: the worker_spi port writes.
-        .enable_spi_access()
+        .enable_spi_access();
+    match kind {
+        Kind::Static | Kind::Dynamic => builder.set_function(MAIN_FUNCTION),
+        // Read-only: may start as soon as a standby is consistent.
+        Kind::Monitor => builder
+            .set_function(MONITOR_FUNCTION)
+            .set_start_time(BgWorkerStartTime::ConsistentState),
+    }
 }
 
-/// Registers `bgworker_rs.total_workers` static workers. Only valid from
-/// `_PG_init` while preloading.
+/// Registers `bgworker_rs.total_workers` static workers, and the monitor if
+/// `bgworker_rs.monitor` is on. Only valid from `_PG_init` while preloading.
 pub fn register_static_workers() {
     let restart = match gucs::RESTART_TIME_S.get() {
         secs if secs < 0 => None, // BGW_NEVER_RESTART
@@ -96,6 +120,9 @@ pub fn register_static_workers() {
         template(index, Kind::Static)
             .set_restart_time(restart)
             .load();
+    }
+    if gucs::MONITOR.get() {
+        template(0, Kind::Monitor).set_restart_time(restart).load();
     }
 }
 

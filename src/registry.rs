@@ -38,22 +38,7 @@ impl State {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
-    #[default]
-    Static,
-    Dynamic,
-}
-
-impl From<crate::registration::Kind> for Kind {
-    fn from(k: crate::registration::Kind) -> Self {
-        match k {
-            crate::registration::Kind::Static => Kind::Static,
-            crate::registration::Kind::Dynamic => Kind::Dynamic,
-        }
-    }
-}
+pub use crate::registration::Kind;
 
 /// One worker, as kept in shared memory: plain data only.
 #[derive(Clone, Copy)]
@@ -341,7 +326,7 @@ pub fn attach(kind: Kind, index: i32, database: u32, role: u32, ticket: Option<T
 }
 
 /// The worker has connected and initialized its table.
-pub fn set_running(ticket: Ticket, database: u32, role: u32) {
+fn set_running(ticket: Ticket, database: u32, role: u32) {
     let launcher = with_ticket(ticket, |e| {
         e.state = State::Running;
         e.database = database;
@@ -353,7 +338,7 @@ pub fn set_running(ticket: Ticket, database: u32, role: u32) {
     }
 }
 
-pub fn count_iteration(ticket: Ticket) {
+fn count_iteration(ticket: Ticket) {
     with_ticket(ticket, |e| e.iterations += 1);
 }
 
@@ -428,4 +413,59 @@ pub fn snapshot() -> Vec<Entry> {
 /// Backend pid `pid` of this ticket's worker, if it is still that worker.
 pub fn is_running_as(ticket: Ticket, pid: i32) -> bool {
     get(ticket).is_some_and(|e| e.pid == pid)
+}
+
+/// This process's own entry, once it has entered the registry.
+static MY_TICKET: std::sync::OnceLock<Ticket> = std::sync::OnceLock::new();
+
+/// A worker process takes its entry and arranges to leave it on exit. A
+/// worker whose launcher gave up on it exits quietly; one whose index is held
+/// by another live worker exits with an error.
+pub fn enter(kind: Kind, index: i32, database: u32, role: u32, ticket: Option<Ticket>) {
+    if !is_available() {
+        return; // not preloaded: bgw_launch refuses, so only by hand
+    }
+    match attach(kind, index, database, role, ticket) {
+        Attach::Attached(ticket) => {
+            let _ = MY_TICKET.set(ticket);
+            toolkit::on_exit(|_code| {
+                if let Some(&ticket) = MY_TICKET.get() {
+                    detach(ticket, toolkit::last_error());
+                }
+            });
+        }
+        Attach::Abandoned => {
+            // Exit code 0: the postmaster forgets the worker for good.
+            pgrx::log!(
+                "{}: its launcher gave up on it; exiting",
+                toolkit::worker_name()
+            );
+            toolkit::exit_quietly();
+        }
+        Attach::IndexInUse(pid) => {
+            pgrx::ereport!(
+                FATAL,
+                pgrx::PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                format!("another bgworker_rs worker with index {index} is running (pid {pid})")
+            );
+        }
+    }
+}
+
+/// This worker is connected and ready; wakes a launcher waiting for that.
+pub fn report_running() {
+    if let Some(&ticket) = MY_TICKET.get() {
+        set_running(
+            ticket,
+            toolkit::current_database().to_u32(),
+            toolkit::current_user().to_u32(),
+        );
+    }
+}
+
+/// This worker completed one more iteration of its loop.
+pub fn report_iteration() {
+    if let Some(&ticket) = MY_TICKET.get() {
+        count_iteration(ticket);
+    }
 }

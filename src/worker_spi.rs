@@ -2,23 +2,20 @@
 //! `schemaN.counted`, and every `bgworker_rs.naptime` folds the 'delta' rows
 //! into the 'total' row in one SPI transaction.
 
+use crate::faults;
 use crate::gucs;
 use crate::registration::ConnectArgs;
-use crate::registry::{self, Attach, Kind, Ticket};
+use crate::registry::{self, Kind};
 use crate::toolkit::{self, Connection};
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 use std::ffi::{CStr, CString};
-use std::sync::OnceLock;
 
 const TABLE: &str = "counted";
 
 /// Serializes the first start of workers that share an index, so that two of
 /// them cannot both find the schema missing and both try to create it.
 const INIT_LOCK_CLASS: i32 = 0x6267_7773; // "bgws"
-
-/// This process's registry entry, for the exit callback.
-static TICKET: OnceLock<Ticket> = OnceLock::new();
 
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -40,7 +37,10 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
 
     // Register before connecting, so that a failed connection is recorded.
     toolkit::capture_errors();
-    register(index, args);
+    match args {
+        Some(a) => registry::enter(Kind::Dynamic, index, a.database, a.role, Some(a.ticket)),
+        None => registry::enter(Kind::Static, index, 0, 0, None),
+    }
 
     toolkit::install_signal_handlers();
     connect(args);
@@ -48,23 +48,21 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
     let name = toolkit::worker_name();
     log!("{name} initialized with {schema}.{TABLE}");
     initialize(index, &schema);
-    if let Some(&ticket) = TICKET.get() {
-        registry::set_running(
-            ticket,
-            toolkit::current_database().to_u32(),
-            toolkit::current_user().to_u32(),
-        );
-    }
+    registry::report_running();
 
     let fold = fold_query(&schema);
+    let mut iteration: u64 = 0;
     loop {
         toolkit::wait_latch(gucs::NAPTIME_MS.get().into(), toolkit::worker_wait_event());
         pg_sys::check_for_interrupts!();
         toolkit::reload_config_if_requested();
 
+        iteration += 1;
         let total = toolkit::in_transaction(fold, || {
             Spi::connect_mut(|client| {
                 let table = client.update(fold.to_str().unwrap_or_default(), None, &[])?;
+                // Test builds: a panic here, mid-transaction, must roll back.
+                faults::at_iteration(iteration);
                 if table.is_empty() {
                     Ok(None)
                 } else {
@@ -77,45 +75,7 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
         if let Some(total) = total {
             log!("{name}: count in {schema}.{TABLE} is now {total}");
         }
-        if let Some(&ticket) = TICKET.get() {
-            registry::count_iteration(ticket);
-        }
-    }
-}
-
-/// Takes this worker's registry entry and arranges to leave it on exit.
-fn register(index: i32, args: Option<ConnectArgs>) {
-    if !registry::is_available() {
-        return; // not preloaded: bgw_launch refuses, so only by hand
-    }
-    let (kind, database, role, ticket) = match args {
-        Some(a) => (Kind::Dynamic, a.database, a.role, Some(a.ticket)),
-        None => (Kind::Static, 0, 0, None),
-    };
-    match registry::attach(kind, index, database, role, ticket) {
-        Attach::Attached(ticket) => {
-            let _ = TICKET.set(ticket);
-            toolkit::on_exit(|_code| {
-                if let Some(&ticket) = TICKET.get() {
-                    registry::detach(ticket, toolkit::last_error());
-                }
-            });
-        }
-        Attach::Abandoned => {
-            // Exit code 0: the postmaster forgets the worker for good.
-            log!(
-                "{}: its launcher gave up on it; exiting",
-                toolkit::worker_name()
-            );
-            toolkit::exit_quietly();
-        }
-        Attach::IndexInUse(pid) => {
-            ereport!(
-                FATAL,
-                PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-                format!("another bgworker_rs worker with index {index} is running (pid {pid})")
-            );
-        }
+        registry::report_iteration();
     }
 }
 

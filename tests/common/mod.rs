@@ -120,6 +120,68 @@ impl Cluster {
         cluster
     }
 
+    /// A streaming standby of `primary`, made with `pg_basebackup -R`,
+    /// listening on its own socket directory, plus `conf` lines.
+    pub fn standby_of(primary: &Cluster, conf: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("bgw-standby-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod tempdir");
+        let mut standby = Cluster {
+            dir,
+            bindir: bindir(),
+            running: false,
+        };
+        let data = standby.data_dir();
+        let out = run_as_postgres(
+            &standby.bindir.join("pg_basebackup"),
+            &[
+                "-h",
+                primary.socket_dir().to_str().unwrap(),
+                "-p",
+                &PORT.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines = vec![format!(
+            "unix_socket_directories = '{}'",
+            standby.socket_dir().display()
+        )];
+        lines.extend(conf.iter().map(|s| s.to_string()));
+        standby.append_conf(&lines.join("\n"));
+        standby.pg_ctl_start();
+        standby
+    }
+
+    /// The postmaster's pid, from postmaster.pid.
+    pub fn postmaster_pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .expect("read postmaster.pid");
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("pid in postmaster.pid")
+    }
+
+    /// Forget that the server runs (it was killed from outside).
+    pub fn mark_stopped(&mut self) {
+        self.running = false;
+    }
+
     pub fn socket_dir(&self) -> &Path {
         self.dir.path()
     }
@@ -170,6 +232,15 @@ impl Cluster {
 
     pub fn stop(&mut self, mode: &str) -> Output {
         let out = self.pg_ctl(&["-w", "-t", "60", "-m", mode, "stop"]);
+        if out.status.success() {
+            self.running = false;
+        }
+        out
+    }
+
+    /// Stops with `pg_ctl -m mode -t secs`: fails if not stopped by then.
+    pub fn stop_within(&mut self, mode: &str, secs: u32) -> Output {
+        let out = self.pg_ctl(&["-w", "-t", &secs.to_string(), "-m", mode, "stop"]);
         if out.status.success() {
             self.running = false;
         }
@@ -318,4 +389,33 @@ pub fn expect_error(
             )
         }
     }
+}
+
+/// Sends a signal (e.g. "KILL", "TERM") to a process; false if it failed.
+pub fn signal(pid: i32, sig: &str) -> bool {
+    std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Does a process with this pid exist (zombies included)?
+pub fn process_exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A bgw_list() row: (kind, index, pid, state, restarts, last_error).
+pub type ListRow = (String, i32, Option<i32>, String, i32, Option<String>);
+
+pub fn bgw_list(c: &mut Client) -> Vec<ListRow> {
+    c.query(
+        "SELECT kind, index, pid, state, restarts, last_error FROM bgw_list() ORDER BY kind, index",
+        &[],
+    )
+    .expect("bgw_list")
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+    .collect()
 }
