@@ -149,11 +149,10 @@ fn sigterm_interrupts_a_running_statement_and_rolls_back() {
     wait_until("worker exits", T, || {
         (!pid_alive(&mut c, pid)).then_some(())
     });
+    // The statement would sleep 60 s; the bound for the exit is 2 s.
     let took = started.elapsed();
-    assert!(
-        took < Duration::from_secs(50),
-        "exit waited for the statement to finish ({took:?})"
-    );
+    println!("worker exited {took:?} after SIGTERM, mid-statement");
+    assert!(took < Duration::from_secs(2), "exit took {took:?}");
     assert_eq!(
         delta_count(&mut c, 5),
         2,
