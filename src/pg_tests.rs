@@ -28,8 +28,8 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(
             context,
-            "bgworker_rs.database=sighup,bgworker_rs.launch_timeout=user,bgworker_rs.naptime=sighup,\
-             bgworker_rs.restart_time=postmaster,bgworker_rs.role=sighup,bgworker_rs.total_workers=postmaster"
+            "bgworker_rs.database=sighup,bgworker_rs.launch_timeout=user,bgworker_rs.monitor=postmaster,\
+             bgworker_rs.naptime=sighup,bgworker_rs.restart_time=postmaster,bgworker_rs.role=sighup,bgworker_rs.total_workers=postmaster"
         );
     }
 
