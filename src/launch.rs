@@ -1,5 +1,6 @@
 //! `bgw_launch()`: start a dynamic worker from SQL.
 
+use crate::args;
 use crate::errors::UserError;
 use crate::registration::{self, ConnectArgs, Kind};
 use crate::registry::{self, ClaimError, State};
@@ -38,7 +39,7 @@ fn bgw_launch(
     flags: Option<Array<'_, String>>,
     restart_after: Option<Interval>,
 ) -> i32 {
-    let index = check_index(index);
+    let index = args::index(index);
     let flags = parse_flags(flags);
     let restart_after = parse_restart_after(restart_after);
     manage::require_registry();
@@ -62,35 +63,11 @@ fn bgw_launch(
     )
 }
 
-fn check_index(index: Option<i32>) -> i32 {
-    match index {
-        None => UserError::new(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "index must not be NULL",
-        )
-        .raise(),
-        Some(i) if i < 1 => UserError::new(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("invalid worker index {i}"),
-        )
-        .detail("The index must be 1 or greater.")
-        .raise(),
-        Some(i) => i,
-    }
-}
-
 /// `restart_after` as whole seconds for `bgw_restart_time` (rounded up).
 fn parse_restart_after(restart_after: Option<Interval>) -> Option<Duration> {
-    let micros = restart_after?.as_micros();
-    if micros < 0 {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "restart_after must not be negative",
-        )
-        .raise();
-    }
-    let secs = (micros + 999_999) / 1_000_000;
-    if secs > gucs::MAX_RESTART_TIME_S as i128 {
+    let after = args::duration(restart_after, "restart_after")?;
+    let secs = after.as_micros().div_ceil(1_000_000);
+    if secs > gucs::MAX_RESTART_TIME_S as u128 {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!(

@@ -4,6 +4,7 @@
 //! library is preloaded, the shared-memory registry and the static workers. Dynamic workers are started from
 //! SQL by `bgw_launch()`; every worker runs the worker_spi port.
 
+mod args;
 mod errors;
 mod faults;
 mod gucs;

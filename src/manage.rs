@@ -1,6 +1,7 @@
 //! Managing workers from any session: `bgw_list()`, `bgw_terminate()`,
 //! `bgw_wait()`, all over the shared-memory registry.
 
+use crate::args;
 use crate::errors::UserError;
 use crate::registry::{self, Entry, Kind, State, Ticket};
 use crate::toolkit::{self, SqlName};
@@ -38,31 +39,6 @@ fn check_may_manage(entry: &Entry, pid: i32) {
         ))
         .raise();
     }
-}
-
-fn check_pid(pid: Option<i32>) -> i32 {
-    pid.unwrap_or_else(|| {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "pid must not be NULL",
-        )
-        .raise()
-    })
-}
-
-/// NULL: no limit.
-fn parse_timeout(timeout: Option<Interval>) -> Option<Duration> {
-    let micros = timeout?.as_micros();
-    if micros < 0 {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "timeout must not be negative",
-        )
-        .raise();
-    }
-    Some(Duration::from_micros(
-        u64::try_from(micros).unwrap_or(u64::MAX),
-    ))
 }
 
 /// Waits until the process `pid` of this entry has exited.
@@ -139,8 +115,8 @@ COMMENT ON FUNCTION bgw_terminate(int4, interval) IS
 'Stops a bgworker_rs worker and waits up to timeout (NULL: no limit) until it has exited. A dynamic worker is stopped with TerminateBackgroundWorker and not restarted; a static one gets SIGTERM and its restart policy applies. false for a pid that is not a running worker of ours, or on timeout (with a WARNING).';
 "#)]
 fn bgw_terminate(pid: Option<i32>, timeout: Option<Interval>) -> bool {
-    let pid = check_pid(pid);
-    let timeout = parse_timeout(timeout);
+    let pid = args::required(pid, "pid");
+    let timeout = args::duration(timeout, "timeout");
     require_registry();
     let Some((ticket, entry)) = registry::find_by_pid(pid).filter(|(_, e)| e.pid == pid) else {
         return false;
@@ -170,8 +146,8 @@ COMMENT ON FUNCTION bgw_wait(int4, interval) IS
 'Waits until the bgworker_rs worker with this pid has exited (true; also if it already had), or timeout passes (false; NULL: no limit). false for a pid bgworker_rs does not know.';
 "#)]
 fn bgw_wait(pid: Option<i32>, timeout: Option<Interval>) -> bool {
-    let pid = check_pid(pid);
-    let timeout = parse_timeout(timeout);
+    let pid = args::required(pid, "pid");
+    let timeout = args::duration(timeout, "timeout");
     require_registry();
     let Some((ticket, entry)) = registry::find_by_pid(pid) else {
         return false;

@@ -6,7 +6,7 @@
 
 use crate::gucs;
 use crate::registry::{self, Kind};
-use crate::toolkit::{self, Connection};
+use crate::toolkit;
 use pgrx::prelude::*;
 
 const QUERY: &std::ffi::CStr = c"SELECT pg_is_in_recovery()";
@@ -17,17 +17,7 @@ pub extern "C-unwind" fn bgworker_rs_monitor_main(_main_arg: pg_sys::Datum) {
     toolkit::capture_errors();
     registry::enter(Kind::Monitor, 0, 0, 0, None);
     toolkit::install_signal_handlers();
-    let database = gucs::DATABASE
-        .get()
-        .unwrap_or_else(|| c"postgres".to_owned());
-    let role = gucs::ROLE.get();
-    toolkit::connect(
-        &Connection::Names {
-            database: &database,
-            role: role.as_deref(),
-        },
-        0,
-    );
+    gucs::connect_as_configured();
 
     let mut in_recovery = server_in_recovery();
     log!("bgworker_rs monitor started; server in recovery: {in_recovery}");

@@ -98,19 +98,7 @@ fn connect(args: Option<ConnectArgs>) {
             },
             args.flags,
         ),
-        None => {
-            let database = gucs::DATABASE
-                .get()
-                .unwrap_or_else(|| c"postgres".to_owned());
-            let role = gucs::ROLE.get();
-            toolkit::connect(
-                &Connection::Names {
-                    database: &database,
-                    role: role.as_deref(),
-                },
-                0,
-            );
-        }
+        None => gucs::connect_as_configured(),
     }
 }
 

@@ -7,13 +7,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
-fn cluster_with_extension(conf: &[&str]) -> (Cluster, postgres::Client) {
-    let cluster = Cluster::start(conf);
-    let mut c = cluster.connect();
-    c.batch_execute("CREATE EXTENSION bgworker_rs").unwrap();
-    (cluster, c)
-}
-
 /// Runs a launching query and waits until the worker is attached: bgw_launch
 /// returns once the postmaster has started it, a moment before that.
 fn launch(c: &mut postgres::Client, sql: &str) -> i32 {
@@ -29,7 +22,7 @@ fn launch(c: &mut postgres::Client, sql: &str) -> i32 {
 
 #[test]
 fn launch_returns_pid_of_a_running_worker_that_folds() {
-    let (cluster, mut c) = cluster_with_extension(&["bgworker_rs.total_workers = 0"]);
+    let (cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     let pid = launch(&mut c, "SELECT bgw_launch(7)");
     assert!(pid > 0);
     let (btype, db, user): (String, String, String) = {
@@ -70,7 +63,7 @@ fn launch_returns_pid_of_a_running_worker_that_folds() {
 
 #[test]
 fn launch_connects_to_named_database_as_named_role() {
-    let (cluster, mut c) = cluster_with_extension(&["bgworker_rs.total_workers = 0"]);
+    let (cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     c.batch_execute("CREATE ROLE r2 LOGIN").unwrap();
     c.batch_execute("CREATE DATABASE d2 OWNER r2").unwrap();
     let pid = launch(&mut c, "SELECT bgw_launch(3, 'd2', 'r2')");
@@ -96,7 +89,7 @@ fn launch_connects_to_named_database_as_named_role() {
 
 #[test]
 fn dynamic_workers_are_never_restarted() {
-    let (cluster, mut c) = cluster_with_extension(&["bgworker_rs.total_workers = 0"]);
+    let (cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     let pid = launch(&mut c, "SELECT bgw_launch(4)");
     cluster.wait_for_log("bgworker_rs dynamic worker 4 initialized", T);
     c.query_one("SELECT pg_terminate_backend($1)", &[&pid])
@@ -119,7 +112,7 @@ fn dynamic_workers_are_never_restarted() {
 /// transaction is rolled back, so no delta is lost.
 #[test]
 fn sigterm_interrupts_a_running_statement_and_rolls_back() {
-    let (cluster, mut c) = cluster_with_extension(&["bgworker_rs.total_workers = 0"]);
+    let (cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     let pid = launch(&mut c, "SELECT bgw_launch(5)");
     wait_until("schema5.counted exists", T, || {
         table_exists(&mut c, 5).then_some(())
@@ -164,7 +157,7 @@ fn sigterm_interrupts_a_running_statement_and_rolls_back() {
 
 #[test]
 fn allowconn_flag_reaches_a_database_that_refuses_connections() {
-    let (cluster, mut c) = cluster_with_extension(&["bgworker_rs.total_workers = 0"]);
+    let (cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     c.batch_execute("CREATE DATABASE noconndb").unwrap();
     c.batch_execute("ALTER DATABASE noconndb ALLOW_CONNECTIONS false")
         .unwrap();
@@ -209,7 +202,7 @@ fn allowconn_flag_reaches_a_database_that_refuses_connections() {
 #[test]
 fn out_of_slots_is_53000_with_hint() {
     // No logical replication launcher: every slot is ours to fill.
-    let (_cluster, mut c) = cluster_with_extension(&[
+    let (_cluster, mut c) = start_with_extension(&[
         "bgworker_rs.total_workers = 0",
         "max_worker_processes = 3",
         "max_logical_replication_workers = 0",
@@ -254,7 +247,7 @@ fn out_of_slots_is_53000_with_hint() {
 
 #[test]
 fn bad_arguments_are_errors_with_sqlstates() {
-    let (_cluster, mut c) = cluster_with_extension(&["bgworker_rs.total_workers = 0"]);
+    let (_cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     let cases: &[(&str, &str, &str)] = &[
         ("SELECT bgw_launch(NULL)", "22004", "index must not be NULL"),
         ("SELECT bgw_launch(0)", "22023", "invalid worker index 0"),
@@ -319,7 +312,7 @@ fn bad_arguments_are_errors_with_sqlstates() {
 
 #[test]
 fn permissions() {
-    let (cluster, mut c) = cluster_with_extension(&["bgworker_rs.total_workers = 0"]);
+    let (cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     c.batch_execute(
         "CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; CREATE ROLE carol LOGIN;
          GRANT CREATE ON DATABASE postgres TO alice, bob;

@@ -5,16 +5,9 @@
 mod common;
 
 use common::*;
-use postgres::Client;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
-
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[])
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
 
 /// SIGKILL of a worker: the postmaster runs crash recovery. Static workers
 /// are back within restart_time + 5 s, dynamic ones launched with
@@ -92,18 +85,18 @@ fn sigkill_of_a_worker_means_crash_recovery_and_no_lost_commits() {
 
     // Exactly what was committed: 1000 rows, and every delta either still a
     // delta or in the total.
-    assert_eq!(count(&mut c, "SELECT count(*) FROM committed"), 1000);
-    let folded = count(
+    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM committed"), 1000);
+    let folded = scalar_i64(
         &mut c,
         "SELECT coalesce(sum(value), 0) FROM schema10.counted WHERE type = 'total'",
     );
-    let pending = count(
+    let pending = scalar_i64(
         &mut c,
         "SELECT count(*) FROM schema10.counted WHERE type = 'delta'",
     );
     assert_eq!(folded + pending, 500);
     wait_until("the restarted worker folds the rest", T, || {
-        (count(
+        (scalar_i64(
             &mut c,
             "SELECT value::int8 FROM schema10.counted WHERE type = 'total'",
         ) == 500)
@@ -168,14 +161,14 @@ fn a_panic_in_a_worker_is_an_error_not_a_crash() {
     c.batch_execute("INSERT INTO schema1.counted SELECT 'delta', 1 FROM generate_series(1, 100)")
         .unwrap();
     wait_until("deltas folded by a later iteration", T, || {
-        (count(
+        (scalar_i64(
             &mut c,
             "SELECT value::int8 FROM schema1.counted WHERE type = 'total'",
         ) == 100)
             .then_some(())
     });
     assert_eq!(
-        count(
+        scalar_i64(
             &mut c,
             "SELECT count(*) FROM schema1.counted WHERE type = 'delta'"
         ),
@@ -255,7 +248,7 @@ fn shutdown_with_twenty_workers() {
         for i in 101..=118 {
             c.query_one("SELECT bgw_launch($1)", &[&i]).unwrap();
         }
-        let running = count(
+        let running = scalar_i64(
             &mut c,
             "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'bgworker_rs%'",
         );

@@ -10,12 +10,6 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
 
-fn count(c: &mut Client, sql: &str) -> i64 {
-    c.query_one(sql, &[])
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .get(0)
-}
-
 /// 4 writer sessions insert 5,000 deltas of 1 each while 2 workers with
 /// naptime 0 fold them: the totals end at exactly 20,000, no delta left.
 #[test]
@@ -50,7 +44,7 @@ fn no_lost_deltas_under_concurrent_writers() {
     }
     let inserted = WRITERS * ROWS;
     wait_until("every delta folded", T, || {
-        let total = count(
+        let total = scalar_i64(
             &mut c,
             "SELECT (SELECT value::int8 FROM schema1.counted WHERE type = 'total') + \
                                           (SELECT value FROM schema2.counted WHERE type = 'total')",
@@ -159,7 +153,7 @@ fn exhaustion_and_slot_churn() {
         started.elapsed()
     );
 
-    let active = count(
+    let active = scalar_i64(
         &mut c,
         "SELECT count(*) FROM bgw_list() WHERE state IN ('starting', 'running', 'stopping') OR pid IS NOT NULL",
     );

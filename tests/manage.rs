@@ -9,13 +9,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
-fn cluster(conf: &[&str]) -> (Cluster, Client) {
-    let cluster = Cluster::start(conf);
-    let mut c = cluster.connect();
-    c.batch_execute("CREATE EXTENSION bgworker_rs").unwrap();
-    (cluster, c)
-}
-
 fn launch(c: &mut Client, sql: &str) -> i32 {
     c.query_one(sql, &[])
         .unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -67,7 +60,7 @@ fn row(c: &mut Client, kind: &str, index: i32) -> Option<Row> {
 /// terminated from sessions B and C.
 #[test]
 fn manage_from_other_sessions() {
-    let (cluster, mut a) = cluster(&["bgworker_rs.total_workers = 0"]);
+    let (cluster, mut a) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     let p3 = launch(&mut a, "SELECT bgw_launch(3)");
     let p4 = launch(&mut a, "SELECT bgw_launch(4)");
     // bgw_launch returns once the worker is connected and initialized.
@@ -161,7 +154,7 @@ fn manage_from_other_sessions() {
 /// it back, and bgw_list counts the restart.
 #[test]
 fn terminate_static_worker_and_count_restart() {
-    let (_cluster, mut c) = cluster(&[
+    let (_cluster, mut c) = start_with_extension(&[
         "bgworker_rs.total_workers = 1",
         "bgworker_rs.restart_time = 1",
     ]);
@@ -188,7 +181,7 @@ fn terminate_static_worker_and_count_restart() {
 /// recreates the table.
 #[test]
 fn restart_after_brings_a_failed_worker_back() {
-    let (_cluster, mut c) = cluster(&["bgworker_rs.total_workers = 0"]);
+    let (_cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     let first = launch(&mut c, "SELECT bgw_launch(8, restart_after => '1 second')");
     c.batch_execute("DROP TABLE schema8.counted").unwrap();
     let r = wait_until("worker restarted", T, || {
@@ -214,7 +207,7 @@ fn restart_after_brings_a_failed_worker_back() {
 /// worker's own SQLSTATE and message, and leave no worker behind.
 #[test]
 fn launch_reports_why_a_worker_failed() {
-    let (_cluster, mut c) = cluster(&["bgworker_rs.total_workers = 0"]);
+    let (_cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     c.batch_execute("CREATE ROLE nologin_role NOLOGIN").unwrap();
     c.batch_execute("CREATE DATABASE noconndb ALLOW_CONNECTIONS false")
         .unwrap();
@@ -268,7 +261,7 @@ fn launch_reports_why_a_worker_failed() {
 
 #[test]
 fn launch_times_out_with_a_clear_error() {
-    let (cluster, mut c) = cluster(&["bgworker_rs.total_workers = 0"]);
+    let (cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     // Hold the advisory lock the worker takes to initialize schema5: it
     // connects, then waits for us, so it cannot be ready in time.
     let mut holder = cluster.connect();
@@ -304,7 +297,7 @@ fn launch_times_out_with_a_clear_error() {
 
 #[test]
 fn duplicate_index_names_the_running_pid() {
-    let (_cluster, mut c) = cluster(&["bgworker_rs.total_workers = 1"]);
+    let (_cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 1"]);
     let pid = launch(&mut c, "SELECT bgw_launch(10)");
     let (code, msg, detail, hint) = expect_error(&mut c, "SELECT bgw_launch(10)");
     assert_eq!(
@@ -333,7 +326,7 @@ fn duplicate_index_names_the_running_pid() {
 
 #[test]
 fn management_permissions() {
-    let (cluster, mut c) = cluster(&["bgworker_rs.total_workers = 0"]);
+    let (cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
     c.batch_execute(
         "CREATE ROLE alice LOGIN; CREATE ROLE mallory LOGIN; CREATE ROLE alice_admin LOGIN IN ROLE alice;
          GRANT CREATE ON DATABASE postgres TO alice;
@@ -393,7 +386,7 @@ fn management_permissions() {
 fn list_stays_consistent_under_concurrent_launches_and_terminations() {
     const SESSIONS: i32 = 5;
     const PER_SESSION: i32 = 10;
-    let (cluster, mut c) = cluster(&[
+    let (cluster, mut c) = start_with_extension(&[
         "bgworker_rs.total_workers = 0",
         "max_worker_processes = 64",
         "bgworker_rs.naptime = '1s'",
@@ -466,4 +459,44 @@ fn list_stays_consistent_under_concurrent_launches_and_terminations() {
         "{rows:?}"
     );
     assert!(worker_pids(&mut c, "bgworker_rs dynamic").is_empty());
+}
+
+/// One live worker per index: a static worker that restarts while a dynamic
+/// worker holds its index exits with an error naming that worker, and comes
+/// back on a later restart once the index is free.
+#[test]
+fn static_worker_yields_its_index_to_a_running_dynamic_one() {
+    let (cluster, mut c) = start_with_extension(&[
+        "bgworker_rs.total_workers = 1",
+        "bgworker_rs.restart_time = 3",
+    ]);
+    let first = wait_until("static worker running", T, || {
+        row(&mut c, "static", 1)
+            .filter(|r| r.state == "running")
+            .and_then(|r| r.pid)
+    });
+    assert!(
+        c.query_one("SELECT bgw_terminate($1)", &[&first])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    // Within its restart_time, index 1 is free for a dynamic worker.
+    let dynamic = launch(&mut c, "SELECT bgw_launch(1)");
+    cluster.wait_for_log(
+        &format!("another bgworker_rs worker with index 1 is running (pid {dynamic})"),
+        T,
+    );
+    assert_eq!(
+        row(&mut c, "dynamic", 1).map(|r| r.state),
+        Some("running".to_string())
+    );
+
+    assert!(
+        c.query_one("SELECT bgw_terminate($1)", &[&dynamic])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    wait_until("the static worker takes its index back", T, || {
+        row(&mut c, "static", 1).filter(|r| r.state == "running" && r.pid != Some(first))
+    });
 }

@@ -419,3 +419,20 @@ pub fn bgw_list(c: &mut Client) -> Vec<ListRow> {
     .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
     .collect()
 }
+
+/// A cluster with the library preloaded and the extension created in
+/// database postgres, and a connection to it.
+pub fn start_with_extension(conf: &[&str]) -> (Cluster, Client) {
+    let cluster = Cluster::start(conf);
+    let mut c = cluster.connect();
+    c.batch_execute("CREATE EXTENSION bgworker_rs")
+        .expect("CREATE EXTENSION");
+    (cluster, c)
+}
+
+/// The int8 in the first column of the one row `sql` returns.
+pub fn scalar_i64(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
