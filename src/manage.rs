@@ -3,7 +3,7 @@
 
 use crate::args;
 use crate::errors::UserError;
-use crate::registry::{self, Entry, Kind, State, Ticket};
+use crate::registry::{self, Entry, Kind, Ticket};
 use crate::toolkit::{self, SqlName};
 use pgrx::prelude::*;
 use std::time::Duration;
@@ -153,8 +153,8 @@ fn bgw_wait(pid: Option<i32>, timeout: Option<Interval>) -> bool {
         return false;
     };
     check_may_manage(&entry, pid);
-    if entry.pid != pid || entry.state == State::Stopped && entry.pid == 0 {
-        return true; // already gone
+    if entry.pid != pid {
+        return true; // found by its last pid: already gone
     }
     wait_exit(ticket, pid, timeout)
 }

@@ -386,8 +386,12 @@ pub fn send_sigterm(pid: i32) -> bool {
 
 /// Is there a process with this pid?
 pub fn process_exists(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
     // SAFETY: kill(2) with signal 0 only checks for existence.
-    pid > 0 && unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Wakes another backend waiting on its latch, if it still exists.
