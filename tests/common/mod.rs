@@ -40,7 +40,7 @@ pub fn pkglibdir() -> PathBuf {
 /// settings leaking into the server (RUST_BACKTRACE would add backtraces to
 /// error DETAILs).
 pub fn run_as_postgres(program: &Path, args: &[&str]) -> Output {
-    Command::new("runuser")
+    Command::new(runuser())
         .args(["-u", OS_USER, "--"])
         .arg(program)
         .args(args)
@@ -49,7 +49,22 @@ pub fn run_as_postgres(program: &Path, args: &[&str]) -> Output {
         .env("LC_ALL", "C")
         .current_dir("/")
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} via {}: {e}",
+                program.display(),
+                runuser().display()
+            )
+        })
+}
+
+/// util-linux's runuser, which lives in sbin (not on every PATH).
+fn runuser() -> PathBuf {
+    ["/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("runuser"))
 }
 
 pub struct Cluster {
