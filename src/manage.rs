@@ -123,7 +123,7 @@ fn bgw_terminate(pid: Option<i32>, timeout: Option<Interval>) -> bool {
     };
     check_may_manage(&entry, pid);
     registry::set_stopping(ticket);
-    match (entry.kind, entry.handle) {
+    match (entry.kind, entry.handle()) {
         (Kind::Dynamic, Some(handle)) => toolkit::terminate_worker(handle),
         // Static workers, and dynamic ones that came back after crash
         // recovery (the registry no longer has their handle).

@@ -61,7 +61,10 @@ pub struct Entry {
     pub iterations: u64,
     /// Backend waiting in bgw_launch for this worker to come up, woken by it.
     pub launcher_pid: i32,
-    pub handle: Option<RawHandle>,
+    /// Set once registered; `has_handle` says whether `handle` is valid.
+    /// (Plain fields, not an `Option`: this struct must have a known layout.)
+    pub has_handle: bool,
+    pub handle: RawHandle,
     /// The launcher gave up on this worker (failed or timed out start): a
     /// late worker must not take the entry, nor overwrite the failure.
     pub abandoned: bool,
@@ -86,7 +89,8 @@ impl Default for Entry {
             starts: 0,
             iterations: 0,
             launcher_pid: 0,
-            handle: None,
+            has_handle: false,
+            handle: RawHandle::default(),
             abandoned: false,
             error_code: 0,
             error_len: 0,
@@ -113,6 +117,10 @@ impl Entry {
         self.error_code = e.sqlerrcode;
     }
 
+    pub fn handle(&self) -> Option<RawHandle> {
+        self.has_handle.then_some(self.handle)
+    }
+
     pub fn restarts(&self) -> i32 {
         (self.starts - 1).max(0)
     }
@@ -135,10 +143,122 @@ fn capacity() -> usize {
 
 /// Called from `_PG_init` while preloading.
 pub fn init() {
-    toolkit::install_shmem_hooks(
-        || REGISTRY.request(capacity()),
-        || REGISTRY.attach(capacity()),
-    );
+    toolkit::install_shmem_hooks(|| REGISTRY.request(capacity()), startup);
+}
+
+/// The shmem_startup_hook, in the postmaster: create the registry, refilled
+/// with what was saved before a crash reinitialized shared memory, and save
+/// it again at the next `shmem_exit`.
+fn startup() {
+    REGISTRY.attach(capacity(), |entries| {
+        let saved = SAVED
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .unwrap_or_default();
+        for (slot, entry) in entries.iter_mut().zip(saved) {
+            *slot = entry;
+        }
+    });
+    if toolkit::is_postmaster() {
+        toolkit::on_postmaster_shmem_exit(save);
+    }
+}
+
+/// What the postmaster kept of the registry across a crash (postmaster-local).
+static SAVED: std::sync::Mutex<Option<Vec<Entry>>> = std::sync::Mutex::new(None);
+
+/// Runs in the postmaster at `shmem_exit`, when every other process has
+/// exited. Shared memory may be corrupt after a crash: entries are decoded
+/// from bytes and checked, and a bad one is dropped. Workers that were
+/// running are marked failed; those that come back (static ones, dynamic ones
+/// with `restart_after`) take their entries again, counting a restart.
+fn save() {
+    let bytes = REGISTRY.copy_bytes_unlocked();
+    let lost = CapturedError {
+        sqlerrcode: pgrx::PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN as i32,
+        message: "lost when the server reinitialized after a crash".into(),
+    };
+    let saved = bytes
+        .chunks_exact(std::mem::size_of::<Entry>())
+        .map(|chunk| match decode(chunk) {
+            Some(mut e) if e.in_use => {
+                e.has_handle = false; // the postmaster renumbers worker slots
+                e.launcher_pid = 0;
+                if e.state.is_active() {
+                    if e.pid != 0 {
+                        e.last_pid = e.pid;
+                    }
+                    e.pid = 0;
+                    e.state = State::Failed;
+                    e.set_error(&lost);
+                }
+                e
+            }
+            _ => Entry::default(),
+        })
+        .collect();
+    if let Ok(mut s) = SAVED.lock() {
+        *s = Some(saved);
+    }
+}
+
+/// An entry from raw bytes, or `None` if a field holds an impossible value.
+fn decode(b: &[u8]) -> Option<Entry> {
+    use std::mem::offset_of;
+    let u8_at = |o: usize| b.get(o).copied();
+    let arr = |o: usize, n: usize| b.get(o..o + n);
+    let i32_at = |o: usize| arr(o, 4).map(|s| i32::from_ne_bytes(s.try_into().unwrap_or([0; 4])));
+    let u32_at = |o: usize| arr(o, 4).map(|s| u32::from_ne_bytes(s.try_into().unwrap_or([0; 4])));
+    let u64_at = |o: usize| arr(o, 8).map(|s| u64::from_ne_bytes(s.try_into().unwrap_or([0; 8])));
+    let i64_at = |o: usize| arr(o, 8).map(|s| i64::from_ne_bytes(s.try_into().unwrap_or([0; 8])));
+    let bool_at = |o: usize| match u8_at(o)? {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    };
+    let kind = match u8_at(offset_of!(Entry, kind))? {
+        0 => Kind::Static,
+        1 => Kind::Dynamic,
+        2 => Kind::Monitor,
+        _ => return None,
+    };
+    let state = match u8_at(offset_of!(Entry, state))? {
+        0 => State::Starting,
+        1 => State::Running,
+        2 => State::Stopping,
+        3 => State::Stopped,
+        4 => State::Failed,
+        _ => return None,
+    };
+    let error_len =
+        arr(offset_of!(Entry, error_len), 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))?;
+    if error_len as usize > ERROR_LEN {
+        return None;
+    }
+    let mut error = [0u8; ERROR_LEN];
+    error.copy_from_slice(arr(offset_of!(Entry, error), ERROR_LEN)?);
+    Some(Entry {
+        in_use: bool_at(offset_of!(Entry, in_use))?,
+        kind,
+        state,
+        index: i32_at(offset_of!(Entry, index))?,
+        epoch: u64_at(offset_of!(Entry, epoch))?,
+        pid: i32_at(offset_of!(Entry, pid))?,
+        last_pid: i32_at(offset_of!(Entry, last_pid))?,
+        database: u32_at(offset_of!(Entry, database))?,
+        role: u32_at(offset_of!(Entry, role))?,
+        started_at: i64_at(offset_of!(Entry, started_at))?,
+        starts: i32_at(offset_of!(Entry, starts))?,
+        iterations: u64_at(offset_of!(Entry, iterations))?,
+        launcher_pid: 0,
+        has_handle: false,
+        handle: RawHandle::default(),
+        abandoned: bool_at(offset_of!(Entry, abandoned))?,
+        error_code: i32_at(offset_of!(Entry, error_code))?,
+        error_len,
+        error,
+    })
 }
 
 pub fn is_available() -> bool {
@@ -166,7 +286,7 @@ pub enum ClaimError {
 fn is_stale_start(e: &Entry) -> bool {
     // A launch whose backend died before the worker was registered.
     e.state == State::Starting
-        && e.handle.is_none()
+        && !e.has_handle
         && e.pid == 0
         && !toolkit::process_exists(e.launcher_pid)
 }
@@ -231,7 +351,10 @@ fn with_ticket<R>(ticket: Ticket, f: impl FnOnce(&mut Entry) -> R) -> Option<R> 
 }
 
 pub fn set_handle(ticket: Ticket, handle: RawHandle) {
-    with_ticket(ticket, |e| e.handle = Some(handle));
+    with_ticket(ticket, |e| {
+        e.handle = handle;
+        e.has_handle = true;
+    });
 }
 
 /// Frees an entry whose worker was never registered.
@@ -467,5 +590,51 @@ pub fn report_running() {
 pub fn report_iteration() {
     if let Some(&ticket) = MY_TICKET.get() {
         count_iteration(ticket);
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn decode_accepts_zeroes_and_rejects_impossible_values() {
+        let zero = vec![0u8; size_of::<Entry>()];
+        let entry = decode(&zero).expect("zeroes are a valid, unused entry");
+        assert!(!entry.in_use && entry.state == State::Starting);
+
+        let mut bad = zero.clone();
+        bad[offset_of!(Entry, state)] = 9;
+        assert!(decode(&bad).is_none(), "state out of range");
+        let mut bad = zero.clone();
+        bad[offset_of!(Entry, kind)] = 3;
+        assert!(decode(&bad).is_none(), "kind out of range");
+        let mut bad = zero.clone();
+        bad[offset_of!(Entry, in_use)] = 2;
+        assert!(decode(&bad).is_none(), "not a bool");
+        let mut bad = zero.clone();
+        let at = offset_of!(Entry, error_len);
+        bad[at..at + 2].copy_from_slice(&(ERROR_LEN as u16 + 1).to_ne_bytes());
+        assert!(decode(&bad).is_none(), "error longer than its buffer");
+        assert!(decode(&zero[..zero.len() - 1]).is_none(), "short input");
+    }
+
+    #[test]
+    fn decode_reads_fields_back() {
+        let mut bytes = vec![0u8; size_of::<Entry>()];
+        bytes[offset_of!(Entry, in_use)] = 1;
+        bytes[offset_of!(Entry, kind)] = 1;
+        bytes[offset_of!(Entry, state)] = 4;
+        let at = offset_of!(Entry, index);
+        bytes[at..at + 4].copy_from_slice(&42i32.to_ne_bytes());
+        let at = offset_of!(Entry, epoch);
+        bytes[at..at + 8].copy_from_slice(&7u64.to_ne_bytes());
+        let e = decode(&bytes).expect("valid entry");
+        assert_eq!(
+            (e.in_use, e.kind, e.state, e.index, e.epoch),
+            (true, Kind::Dynamic, State::Failed, 42, 7)
+        );
+        assert!(!e.has_handle, "handles never survive a crash");
     }
 }

@@ -467,8 +467,10 @@ impl<T: Copy + Default + 'static> SharedArray<T> {
         }
     }
 
-    /// From the `shmem_startup_hook`: find or create the array.
-    pub fn attach(&self, len: usize) {
+    /// From the `shmem_startup_hook`: find or create the array. A new array
+    /// is filled with defaults, then handed to `on_create` before anyone else
+    /// can see it.
+    pub fn attach(&self, len: usize, on_create: impl FnOnce(&mut [T])) {
         let mut found = false;
         // SAFETY: AddinShmemInitLock serializes the creation of add-in shared
         // memory; a new array is initialised before anyone else can see it.
@@ -480,6 +482,7 @@ impl<T: Copy + Default + 'static> SharedArray<T> {
                 for i in 0..len {
                     ptr.add(i).write(T::default());
                 }
+                on_create(std::slice::from_raw_parts_mut(ptr, len));
             }
             let lock = &raw mut (*pg_sys::GetNamedLWLockTranche(self.name.as_ptr())).lock;
             pg_sys::LWLockRelease(addin_shmem_init_lock());
@@ -487,6 +490,23 @@ impl<T: Copy + Default + 'static> SharedArray<T> {
             self.len.store(len, Relaxed);
             self.lock.store(lock, Relaxed);
         }
+    }
+
+    /// The array's bytes, copied without the lock: only for the postmaster
+    /// after every other process has exited (crash recovery), when shared
+    /// memory may hold anything, so the bytes are decoded and checked by the
+    /// caller, never taken as `T`.
+    pub fn copy_bytes_unlocked(&self) -> Vec<u8> {
+        let (ptr, len) = (self.ptr.load(Relaxed), self.len.load(Relaxed));
+        if ptr.is_null() {
+            return Vec::new();
+        }
+        let size = Self::size(len);
+        let mut bytes = vec![0u8; size];
+        // SAFETY: the segment is still mapped (our exit callback runs before
+        // PostgreSQL's own detach); reading bytes is valid whatever they hold.
+        unsafe { std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), bytes.as_mut_ptr(), size) };
+        bytes
     }
 
     /// False where the library was not preloaded.
@@ -658,6 +678,30 @@ pub fn capture_errors() {
 
 pub fn last_error() -> Option<CapturedError> {
     LAST_ERROR.lock().ok().and_then(|e| e.clone())
+}
+
+/// Is this the postmaster (not one of its children)?
+pub fn is_postmaster() -> bool {
+    // SAFETY: plain read of a process-local flag.
+    unsafe { !pg_sys::IsUnderPostmaster }
+}
+
+static POSTMASTER_EXIT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+#[pgrx::pg_guard]
+extern "C-unwind" fn postmaster_exit_trampoline(_code: std::os::raw::c_int, _arg: pg_sys::Datum) {
+    if let Some(f) = POSTMASTER_EXIT.get() {
+        f();
+    }
+}
+
+/// In the postmaster, runs `f` at its next `shmem_exit`: at shutdown, and
+/// before it recreates shared memory after a crash. `shmem_exit` forgets its
+/// callbacks, so call this again after every creation (from the startup hook).
+pub fn on_postmaster_shmem_exit(f: fn()) {
+    let _ = POSTMASTER_EXIT.set(f);
+    // SAFETY: registers a guarded callback in the postmaster.
+    unsafe { pg_sys::on_shmem_exit(Some(postmaster_exit_trampoline), pg_sys::Datum::from(0)) }
 }
 
 static ON_EXIT: std::sync::OnceLock<fn(i32)> = std::sync::OnceLock::new();

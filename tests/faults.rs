@@ -11,8 +11,8 @@ const T: Duration = Duration::from_secs(30);
 
 /// SIGKILL of a worker: the postmaster runs crash recovery. Static workers
 /// are back within restart_time + 5 s, dynamic ones launched with
-/// restart_after come back, the others are gone (bgw_list no longer lists
-/// them as running), and the tables hold exactly what was committed.
+/// restart_after come back, the others are gone and bgw_list lists them as
+/// failed, lost in the crash; the tables hold exactly what was committed.
 #[test]
 fn sigkill_of_a_worker_means_crash_recovery_and_no_lost_commits() {
     let restart_time = 1;
@@ -76,9 +76,31 @@ fn sigkill_of_a_worker_means_crash_recovery_and_no_lost_commits() {
         !rows.iter().any(|r| r.1 == 10 && r.2 == Some(keeper)),
         "a new process: {rows:?}"
     );
+    // The registry survives crash recovery: the never-restart worker is
+    // listed as failed, with the reason; the others count a restart.
+    let lost = "57P02: lost when the server reinitialized after a crash";
+    let r11 = rows.iter().find(|r| r.0 == "dynamic" && r.1 == 11).cloned();
+    assert_eq!(
+        r11.map(|r| (r.2, r.3, r.5)),
+        Some((None, "failed".to_string(), Some(lost.to_string()))),
+        "{rows:?}"
+    );
+    let r10 = rows
+        .iter()
+        .find(|r| r.0 == "dynamic" && r.1 == 10)
+        .cloned()
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert!(r10.4 >= 1 && r10.5.as_deref() == Some(lost), "{r10:?}");
+    let statics = wait_until("static workers listed as running again", T, || {
+        let rows: Vec<_> = bgw_list(&mut c)
+            .into_iter()
+            .filter(|r| r.0 == "static")
+            .collect();
+        (rows.len() == 2 && rows.iter().all(|r| r.3 == "running")).then_some(rows)
+    });
     assert!(
-        !rows.iter().any(|r| r.1 == 11 && r.3 == "running"),
-        "index 11 was never-restart: {rows:?}"
+        statics.iter().all(|r| r.4 >= 1),
+        "restarts counted: {statics:?}"
     );
     assert!(!pid_alive(&mut c, goner));
     assert_eq!(worker_pids(&mut c, "bgworker_rs dynamic").len(), 1);
