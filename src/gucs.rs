@@ -15,6 +15,11 @@ pub static ROLE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::ne
 pub static RESTART_TIME_S: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static MONITOR: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static LAUNCH_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+pub static MAX_JOBS: GucSetting<i32> = GucSetting::<i32>::new(8);
+
+/// Upper bound of `bgworker_rs.max_jobs`; each job slot holds the statement
+/// and the start of its result in shared memory (about 17 kB).
+pub const MAX_JOBS_LIMIT: i32 = 1024;
 
 /// Defines the settings. As in worker_spi, the postmaster-level ones exist
 /// only when the library is preloaded: defined later, a value for them in
@@ -32,7 +37,7 @@ pub fn init(preloading: bool) {
     );
     GucRegistry::define_string_guc(
         c"bgworker_rs.database",
-        c"Database the static workers connect to.",
+        c"Database the static workers and the job scheduler connect to.",
         c"",
         &DATABASE,
         GucContext::Sighup,
@@ -73,6 +78,16 @@ pub fn init(preloading: bool) {
             c"Start the monitor, a read-only static worker that also runs on a hot standby.",
             c"",
             &MONITOR,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"bgworker_rs.max_jobs",
+            c"Maximum number of SQL job runs (bgw_run) at the same time.",
+            c"0 disables jobs and their scheduler. Jobs live in bgworker_rs.database.",
+            &MAX_JOBS,
+            0,
+            MAX_JOBS_LIMIT,
             GucContext::Postmaster,
             GucFlags::default(),
         );

@@ -82,7 +82,7 @@ fn parse_restart_after(restart_after: Option<Interval>) -> Option<Duration> {
 
 // PostgreSQL's own messages and SQLSTATEs for unknown names, raised here
 // rather than inside the catalog look-up.
-fn resolve_database(name: &CStr) -> pg_sys::Oid {
+pub fn resolve_database(name: &CStr) -> pg_sys::Oid {
     toolkit::database_oid(name).unwrap_or_else(|| {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
@@ -92,7 +92,7 @@ fn resolve_database(name: &CStr) -> pg_sys::Oid {
     })
 }
 
-fn resolve_role(name: &CStr) -> pg_sys::Oid {
+pub fn resolve_role(name: &CStr) -> pg_sys::Oid {
     toolkit::role_oid(name).unwrap_or_else(|| {
         UserError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
@@ -167,7 +167,7 @@ fn parse_flags(flags: Option<Array<'_, String>>) -> u32 {
 /// A superuser may launch anything. Anyone else granted EXECUTE may launch a
 /// worker only as a role whose privileges they have, into a database they may
 /// connect to, and without ALLOWCONN.
-fn check_permissions(database: pg_sys::Oid, role: pg_sys::Oid, flags: u32) {
+pub fn check_permissions(database: pg_sys::Oid, role: pg_sys::Oid, flags: u32) {
     if toolkit::is_superuser() {
         return;
     }
@@ -216,7 +216,7 @@ fn check_permissions(database: pg_sys::Oid, role: pg_sys::Oid, flags: u32) {
 /// connected and initialized its table; if it fails first, raises its error.
 fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option<Duration>) -> i32 {
     let name = Kind::Dynamic.worker_name(index);
-    let ticket = match registry::claim_for_launch(index, database, role) {
+    let ticket = match registry::claim_for_launch(Kind::Dynamic, index, database, role) {
         Ok(ticket) => ticket,
         Err(ClaimError::IndexInUse { pid, state }) => UserError::new(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
@@ -235,7 +235,9 @@ fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option
         flags,
         ticket,
     };
-    let Some(handle) = registration::register_dynamic_worker(index, args, restart_after) else {
+    let Some(handle) =
+        registration::register_dynamic_worker(Kind::Dynamic, index, args, restart_after)
+    else {
         registry::release(ticket);
         out_of_slots(&name)
     };

@@ -8,11 +8,15 @@ mod args;
 mod errors;
 mod faults;
 mod gucs;
+mod job_slots;
+mod job_worker;
+mod jobs;
 mod launch;
 mod manage;
 mod monitor;
 mod registration;
 mod registry;
+mod scheduler;
 mod toolkit;
 mod worker_spi;
 
@@ -23,9 +27,20 @@ pub extern "C-unwind" fn _PG_init() {
     let preloading = toolkit::preloading();
     gucs::init(preloading);
     if preloading {
-        registry::init();
+        toolkit::install_shmem_hooks(shmem_request, shmem_startup);
         registration::register_static_workers();
     }
+}
+
+/// Shared memory: the registry of workers, and the job slots.
+fn shmem_request() {
+    registry::request();
+    job_slots::request();
+}
+
+fn shmem_startup() {
+    registry::startup();
+    job_slots::startup();
 }
 
 pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);

@@ -14,6 +14,8 @@ use std::time::Duration;
 pub const LIBRARY: &str = "bgworker_rs";
 pub const MAIN_FUNCTION: &str = "bgworker_rs_main";
 pub const MONITOR_FUNCTION: &str = "bgworker_rs_monitor_main";
+pub const SCHEDULER_FUNCTION: &str = "bgworker_rs_scheduler_main";
+pub const JOB_FUNCTION: &str = "bgworker_rs_job_main";
 
 /// `bgw_extra` is 128 bytes and read back as a NUL-terminated string.
 const EXTRA_CAPACITY: usize = 127;
@@ -29,6 +31,10 @@ pub enum Kind {
     Dynamic,
     /// Read-only, also on a hot standby (`bgworker_rs.monitor`).
     Monitor,
+    /// Starts the runs of SQL jobs (`bgworker_rs.max_jobs` > 0).
+    Scheduler,
+    /// One run of a SQL job, started by the scheduler; index = job id.
+    Job,
 }
 
 impl Kind {
@@ -37,6 +43,8 @@ impl Kind {
             Kind::Static => "static",
             Kind::Dynamic => "dynamic",
             Kind::Monitor => "monitor",
+            Kind::Scheduler => "scheduler",
+            Kind::Job => "job",
         }
     }
 
@@ -45,6 +53,8 @@ impl Kind {
             Kind::Static => format!("bgworker_rs worker {index}"),
             Kind::Dynamic => format!("bgworker_rs dynamic worker {index}"),
             Kind::Monitor => "bgworker_rs monitor".to_string(),
+            Kind::Scheduler => "bgworker_rs job scheduler".to_string(),
+            Kind::Job => format!("bgworker_rs job {index}"),
         }
     }
 
@@ -53,6 +63,20 @@ impl Kind {
             Kind::Static => "bgworker_rs",
             Kind::Dynamic => "bgworker_rs dynamic",
             Kind::Monitor => "bgworker_rs monitor",
+            Kind::Scheduler => "bgworker_rs job scheduler",
+            Kind::Job => "bgworker_rs job",
+        }
+    }
+
+    /// Workers of one family share the index space: two live workers of the
+    /// same family never have the same index. Static and dynamic workers are
+    /// one family, since index N means `schemaN` for both.
+    pub fn family(self) -> u8 {
+        match self {
+            Kind::Static | Kind::Dynamic => 0,
+            Kind::Monitor => 1,
+            Kind::Scheduler => 2,
+            Kind::Job => 3,
         }
     }
 }
@@ -102,6 +126,8 @@ fn template(index: i32, kind: Kind) -> BackgroundWorkerBuilder {
         .enable_spi_access();
     match kind {
         Kind::Static | Kind::Dynamic => builder.set_function(MAIN_FUNCTION),
+        Kind::Scheduler => builder.set_function(SCHEDULER_FUNCTION),
+        Kind::Job => builder.set_function(JOB_FUNCTION),
         // Read-only: may start as soon as a standby is consistent.
         Kind::Monitor => builder
             .set_function(MONITOR_FUNCTION)
@@ -124,16 +150,23 @@ pub fn register_static_workers() {
     if gucs::MONITOR.get() {
         template(0, Kind::Monitor).set_restart_time(restart).load();
     }
+    if gucs::MAX_JOBS.get() > 0 {
+        template(0, Kind::Scheduler)
+            .set_restart_time(restart)
+            .load();
+    }
 }
 
-/// Registers one dynamic worker that reports its start and exit to us. It is
-/// restarted `restart_after` a failure, or never. `None`: no free slot.
+/// Registers one dynamic worker (`Kind::Dynamic` or `Kind::Job`) that
+/// reports its start and exit to us. It is restarted `restart_after` a
+/// failure, or never. `None`: no free slot.
 pub fn register_dynamic_worker(
+    kind: Kind,
     index: i32,
     args: ConnectArgs,
     restart_after: Option<Duration>,
 ) -> Option<RawHandle> {
-    let builder = template(index, Kind::Dynamic)
+    let builder = template(index, kind)
         .set_restart_time(restart_after)
         .set_extra(&args.encode())
         .set_notify_pid(toolkit::my_pid());

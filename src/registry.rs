@@ -141,15 +141,15 @@ fn capacity() -> usize {
     toolkit::max_worker_processes().max(1) as usize
 }
 
-/// Called from `_PG_init` while preloading.
-pub fn init() {
-    toolkit::install_shmem_hooks(|| REGISTRY.request(capacity()), startup);
+/// From the shmem_request_hook.
+pub fn request() {
+    REGISTRY.request(capacity());
 }
 
-/// The shmem_startup_hook, in the postmaster: create the registry, refilled
-/// with what was saved before a crash reinitialized shared memory, and save
-/// it again at the next `shmem_exit`.
-fn startup() {
+/// From the shmem_startup_hook, in the postmaster: create the registry,
+/// refilled with what was saved before a crash reinitialized shared memory,
+/// and save it again at the next `shmem_exit`.
+pub fn startup() {
     REGISTRY.attach(capacity(), |entries| {
         let saved = SAVED
             .lock()
@@ -221,6 +221,8 @@ fn decode(b: &[u8]) -> Option<Entry> {
         0 => Kind::Static,
         1 => Kind::Dynamic,
         2 => Kind::Monitor,
+        3 => Kind::Scheduler,
+        4 => Kind::Job,
         _ => return None,
     };
     let state = match u8_at(offset_of!(Entry, state))? {
@@ -291,13 +293,13 @@ fn is_stale_start(e: &Entry) -> bool {
         && !toolkit::process_exists(e.launcher_pid)
 }
 
-/// Picks a slot for `index`: the entry it already has, else a free one, else
-/// the longest-stopped one.
-fn pick_slot(entries: &[Entry], index: i32) -> Result<usize, ClaimError> {
+/// Picks a slot for `index` in the family of `kind`: the entry it already
+/// has, else a free one, else the longest-stopped one.
+fn pick_slot(entries: &[Entry], kind: Kind, index: i32) -> Result<usize, ClaimError> {
     if let Some((i, e)) = entries
         .iter()
         .enumerate()
-        .find(|(_, e)| e.in_use && e.index == index)
+        .find(|(_, e)| e.in_use && e.index == index && e.kind.family() == kind.family())
     {
         if e.state.is_active() && !is_stale_start(e) {
             return Err(ClaimError::IndexInUse {
@@ -320,14 +322,19 @@ fn pick_slot(entries: &[Entry], index: i32) -> Result<usize, ClaimError> {
 }
 
 /// A launching backend claims an entry for a new dynamic worker.
-pub fn claim_for_launch(index: i32, database: u32, role: u32) -> Result<Ticket, ClaimError> {
+pub fn claim_for_launch(
+    kind: Kind,
+    index: i32,
+    database: u32,
+    role: u32,
+) -> Result<Ticket, ClaimError> {
     let launcher = toolkit::my_pid();
     REGISTRY.write(|entries| {
-        let slot = pick_slot(entries, index)?;
+        let slot = pick_slot(entries, kind, index)?;
         let epoch = entries[slot].epoch.wrapping_add(1);
         entries[slot] = Entry {
             in_use: true,
-            kind: Kind::Dynamic,
+            kind,
             state: State::Starting,
             index,
             epoch,
@@ -414,7 +421,7 @@ pub fn attach(kind: Kind, index: i32, database: u32, role: u32, ticket: Option<T
         let (slot, fresh) = match claimed {
             Some(t) => (t.slot as usize, false),
             None => {
-                let slot = match pick_slot(entries, index) {
+                let slot = match pick_slot(entries, kind, index) {
                     Ok(slot) => slot,
                     // A live worker owns this index; keep out of its entry.
                     Err(ClaimError::IndexInUse { pid, .. }) => return Attach::IndexInUse(pid),
@@ -526,6 +533,17 @@ pub fn find_by_pid(pid: i32) -> Option<(Ticket, Entry)> {
                 })
         };
         by(&|e| e.pid == pid).or_else(|| by(&|e| e.pid == 0 && e.last_pid == pid))
+    })
+}
+
+/// The pid of the live worker of this kind with the lowest index.
+pub fn live_pid(kind: Kind) -> Option<i32> {
+    REGISTRY.read(|entries| {
+        entries
+            .iter()
+            .filter(|e| e.in_use && e.kind == kind && e.pid != 0)
+            .min_by_key(|e| e.index)
+            .map(|e| e.pid)
     })
 }
 

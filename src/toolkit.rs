@@ -244,6 +244,12 @@ pub fn max_worker_processes() -> i32 {
     unsafe { pg_sys::max_worker_processes }
 }
 
+/// Is `role` a superuser?
+pub fn is_role_superuser(role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog look-up inside a transaction.
+    unsafe { pg_sys::superuser_arg(role) }
+}
+
 pub fn is_superuser() -> bool {
     // SAFETY: catalog look-up of the current user, inside a transaction.
     unsafe { pg_sys::superuser() }
@@ -790,4 +796,191 @@ unsafe impl pgrx::callconv::BoxRet for SqlName {
             None => fcinfo.return_null(),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// A condition variable in shared memory, for backends that wait for an event
+// another process announces (a job run recorded by the scheduler).
+
+pub struct SharedCondVar {
+    name: &'static CStr,
+    ptr: std::sync::atomic::AtomicPtr<pg_sys::ConditionVariable>,
+}
+
+impl SharedCondVar {
+    pub const fn new(name: &'static CStr) -> Self {
+        SharedCondVar {
+            name,
+            ptr: std::sync::atomic::AtomicPtr::new(std::ptr::null_mut()),
+        }
+    }
+
+    /// From the `shmem_request_hook`.
+    pub fn request(&self) {
+        // SAFETY: only called inside the shmem_request_hook.
+        unsafe { pg_sys::RequestAddinShmemSpace(std::mem::size_of::<pg_sys::ConditionVariable>()) }
+    }
+
+    /// From the `shmem_startup_hook`.
+    pub fn attach(&self) {
+        let mut found = false;
+        // SAFETY: AddinShmemInitLock serializes creation; a new variable is
+        // initialised before the lock is released.
+        unsafe {
+            pg_sys::LWLockAcquire(addin_shmem_init_lock(), pg_sys::LWLockMode::LW_EXCLUSIVE);
+            let size = std::mem::size_of::<pg_sys::ConditionVariable>();
+            let ptr = pg_sys::ShmemInitStruct(self.name.as_ptr(), size, &mut found)
+                .cast::<pg_sys::ConditionVariable>();
+            if !found {
+                pg_sys::ConditionVariableInit(ptr);
+            }
+            pg_sys::LWLockRelease(addin_shmem_init_lock());
+            self.ptr.store(ptr, Relaxed);
+        }
+    }
+
+    /// Wakes every process sleeping on the variable; a no-op if unattached.
+    pub fn broadcast(&self) {
+        let ptr = self.ptr.load(Relaxed);
+        if !ptr.is_null() {
+            // SAFETY: a ConditionVariable initialised in shared memory.
+            unsafe { pg_sys::ConditionVariableBroadcast(ptr) }
+        }
+    }
+
+    /// Waits until `done` returns `Some`, or `timeout` passes (`None`: no
+    /// limit), sleeping on the variable between checks. Also checks once a
+    /// second, so a broadcast that comes before the sleep is never waited for
+    /// forever. Answers query cancel and termination meanwhile.
+    pub fn wait_for<R>(
+        &self,
+        timeout: Option<std::time::Duration>,
+        mut done: impl FnMut() -> Option<R>,
+    ) -> Option<R> {
+        const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+        let ptr = self.ptr.load(Relaxed);
+        assert!(
+            !ptr.is_null(),
+            "condition variable {:?} is not attached",
+            self.name
+        );
+        struct Cancel;
+        impl Drop for Cancel {
+            fn drop(&mut self) {
+                // SAFETY: ends the sleep prepared below (a no-op if none).
+                unsafe { pg_sys::ConditionVariableCancelSleep() };
+            }
+        }
+        let start = std::time::Instant::now();
+        // SAFETY: prepares this process to sleep on an initialised variable;
+        // the guard cancels it on every way out, also on ERROR (the abort
+        // path cancels it as well).
+        unsafe { pg_sys::ConditionVariablePrepareToSleep(ptr) };
+        let _cancel = Cancel;
+        loop {
+            if let Some(r) = done() {
+                return Some(r);
+            }
+            let nap = match timeout {
+                Some(t) => match t.checked_sub(start.elapsed()) {
+                    Some(left) if !left.is_zero() => left.min(RECHECK),
+                    _ => return None,
+                },
+                None => RECHECK,
+            };
+            // SAFETY: we prepared to sleep on `ptr`; the call checks for
+            // interrupts itself.
+            unsafe {
+                pg_sys::ConditionVariableTimedSleep(
+                    ptr,
+                    nap.as_millis().max(1) as _,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+            }
+        }
+    }
+}
+
+// SAFETY: the pointer is set once per process by the startup hook; the
+// variable itself is made for concurrent use by many processes.
+unsafe impl Sync for SharedCondVar {}
+
+// ---------------------------------------------------------------------------
+// What a job run needs beyond plain SPI.
+
+// timeout.h is not in pgrx's bindings. `TimeoutId` is a C enum (an int);
+// STATEMENT_TIMEOUT is its fourth member on every supported version (15-18).
+const STATEMENT_TIMEOUT: std::os::raw::c_int = 3;
+// SAFETY: `void enable_timeout_after(TimeoutId id, int delay_ms)` in
+// timeout.c, the same signature on every supported version.
+unsafe extern "C-unwind" {
+    fn enable_timeout_after(id: std::os::raw::c_int, delay_ms: std::os::raw::c_int);
+}
+
+/// Arms `statement_timeout` for `ms` from now and sets the setting, so that
+/// `SHOW statement_timeout` inside the job agrees. A client backend arms it
+/// per statement in postgres.c; a background worker running SPI must do so
+/// itself. When it fires, the running statement fails with SQLSTATE 57014.
+pub fn arm_statement_timeout(ms: i32) {
+    let value = std::ffi::CString::new(format!("{ms}ms")).unwrap_or_default();
+    // SAFETY: a registered timeout (InitPostgres registers STATEMENT_TIMEOUT
+    // in every backend, workers included); SetConfigOption copies its text.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"statement_timeout".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+        enable_timeout_after(STATEMENT_TIMEOUT, ms);
+    }
+}
+
+/// The text form of a datum, by its type's output function.
+pub fn output_text(datum: pg_sys::Datum, type_oid: pg_sys::Oid) -> String {
+    let mut func = pg_sys::InvalidOid;
+    let mut is_varlena = false;
+    // SAFETY: `datum` is a non-NULL value of `type_oid` from the current SPI
+    // result; the output function returns a palloc'd C string.
+    unsafe {
+        pg_sys::getTypeOutputInfo(type_oid, &mut func, &mut is_varlena);
+        let text = pg_sys::OidOutputFunctionCall(func, datum);
+        let owned = CStr::from_ptr(text).to_string_lossy().into_owned();
+        pg_sys::pfree(text.cast());
+        owned
+    }
+}
+
+/// REPEATABLE READ or SERIALIZABLE: one snapshot for the whole transaction.
+pub fn isolation_uses_xact_snapshot() -> bool {
+    // SAFETY: plain read of a backend-local global.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
+/// Was this transaction id assigned to the current (sub)transaction?
+pub fn is_current_transaction(xid: u32) -> bool {
+    // SAFETY: a pure look-up in backend-local transaction state.
+    unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xid.into()) }
+}
+
+/// Runs `body` as the bootstrap superuser, the owner of the extension's
+/// tables, then switches back. Functions that check the caller's rights
+/// themselves use it to read and write those tables. On ERROR the
+/// transaction abort restores the user.
+pub fn as_table_owner<R>(body: impl FnOnce() -> R) -> R {
+    let mut user = pg_sys::InvalidOid;
+    let mut context = 0;
+    // SAFETY: backend-local state; SECURITY_LOCAL_USERID_CHANGE keeps SET
+    // ROLE and friends from changing it back meanwhile.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::BOOTSTRAP_SUPERUSERID.into(),
+            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let result = body();
+    // SAFETY: restores what we saved above.
+    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+    result
 }

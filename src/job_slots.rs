@@ -1,0 +1,359 @@
+//! Job slots: one per job run in progress, in shared memory, sized by
+//! `bgworker_rs.max_jobs`. The scheduler fills a slot with the statement,
+//! the run's worker (connected to another database, maybe) reads it there and
+//! leaves its outcome, and the scheduler records that outcome in
+//! `bgw_job_runs`. Tables cannot be shared across databases; this can.
+//!
+//! Waiters in `bgw_result()` sleep on one condition variable, broadcast each
+//! time the scheduler has committed outcomes.
+
+use crate::gucs;
+use crate::registry::Ticket;
+use crate::toolkit::{self, CapturedError, RawHandle, SharedArray, SharedCondVar};
+
+/// Longest statement a job may have, in bytes.
+pub const SQL_MAX: usize = 8192;
+/// Bound of the first rows of a run's result, as JSON text, in bytes.
+pub const RESULT_MAX: usize = 8192;
+const ERROR_MAX: usize = 1024;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotState {
+    #[default]
+    Free,
+    /// Claimed by the scheduler; its worker is not registered yet.
+    Reserved,
+    /// Its worker is registered (and maybe running).
+    Launched,
+    /// The worker left its outcome (or the launch failed).
+    Done,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    #[default]
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::TimedOut => "timed out",
+        }
+    }
+}
+
+/// Plain data only: this lives in shared memory.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct Slot {
+    pub state: SlotState,
+    /// `bgw_cancel()` stopped this run.
+    pub cancel_requested: bool,
+    pub has_handle: bool,
+    pub status: Status,
+    pub job: i64,
+    pub run: i32,
+    pub pid: i32,
+    pub database: u32,
+    pub role: u32,
+    /// 0: no timeout.
+    pub timeout_ms: i32,
+    /// The run's registry entry, how its worker finds this slot.
+    pub registry_slot: u32,
+    pub registry_epoch: u64,
+    pub handle: RawHandle,
+    pub rows: i64,
+    pub sqlerrcode: i32,
+    pub error_len: u16,
+    pub result_len: u32,
+    pub sql_len: u32,
+    pub error: [u8; ERROR_MAX],
+    pub result: [u8; RESULT_MAX],
+    pub sql: [u8; SQL_MAX],
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            state: SlotState::Free,
+            cancel_requested: false,
+            has_handle: false,
+            status: Status::Succeeded,
+            job: 0,
+            run: 0,
+            pid: 0,
+            database: 0,
+            role: 0,
+            timeout_ms: 0,
+            registry_slot: 0,
+            registry_epoch: 0,
+            handle: RawHandle::default(),
+            rows: 0,
+            sqlerrcode: 0,
+            error_len: 0,
+            result_len: 0,
+            sql_len: 0,
+            error: [0; ERROR_MAX],
+            result: [0; RESULT_MAX],
+            sql: [0; SQL_MAX],
+        }
+    }
+}
+
+impl Slot {
+    pub fn sql(&self) -> String {
+        String::from_utf8_lossy(&self.sql[..self.sql_len as usize]).into_owned()
+    }
+
+    pub fn result(&self) -> Option<String> {
+        (self.result_len > 0)
+            .then(|| String::from_utf8_lossy(&self.result[..self.result_len as usize]).into_owned())
+    }
+
+    pub fn error(&self) -> Option<CapturedError> {
+        (self.sqlerrcode != 0).then(|| CapturedError {
+            sqlerrcode: self.sqlerrcode,
+            message: String::from_utf8_lossy(&self.error[..self.error_len as usize]).into_owned(),
+        })
+    }
+
+    fn registry_ticket(&self) -> Ticket {
+        Ticket {
+            slot: self.registry_slot,
+            epoch: self.registry_epoch,
+        }
+    }
+}
+
+/// Copies as much of `text` as fits, cut at a character boundary.
+fn copy_cut(text: &str, into: &mut [u8]) -> usize {
+    let mut end = text.len().min(into.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    into[..end].copy_from_slice(&text.as_bytes()[..end]);
+    end
+}
+
+/// What the scheduler hands to a run.
+pub struct Run<'a> {
+    pub job: i64,
+    pub run: i32,
+    pub database: u32,
+    pub role: u32,
+    pub timeout_ms: i32,
+    pub sql: &'a str,
+}
+
+/// How a run ended, as its worker (or the scheduler) reports it.
+pub struct Outcome {
+    pub status: Status,
+    pub rows: i64,
+    pub error: Option<CapturedError>,
+    pub result: Option<String>,
+}
+
+static SLOTS: SharedArray<Slot> = SharedArray::new(c"bgworker_rs job slots");
+static RECORDED: SharedCondVar = SharedCondVar::new(c"bgworker_rs job runs recorded");
+
+fn capacity() -> usize {
+    gucs::MAX_JOBS.get().max(0) as usize
+}
+
+pub fn request() {
+    if capacity() > 0 {
+        SLOTS.request(capacity());
+        RECORDED.request();
+    }
+}
+
+pub fn startup() {
+    if capacity() > 0 {
+        SLOTS.attach(capacity(), |_| {});
+        RECORDED.attach();
+    }
+}
+
+pub fn is_available() -> bool {
+    SLOTS.is_attached()
+}
+
+/// The scheduler takes a free slot for a run; `None` when all are busy.
+pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
+    if run.sql.len() > SQL_MAX {
+        return None; // bgw_run refuses longer statements
+    }
+    SLOTS.write(|slots| {
+        let i = slots.iter().position(|s| s.state == SlotState::Free)?;
+        let s = &mut slots[i];
+        *s = Slot::default();
+        s.state = SlotState::Reserved;
+        s.job = run.job;
+        s.run = run.run;
+        s.database = run.database;
+        s.role = run.role;
+        s.timeout_ms = run.timeout_ms;
+        s.registry_slot = registry.slot;
+        s.registry_epoch = registry.epoch;
+        s.sql_len = copy_cut(run.sql, &mut s.sql) as u32;
+        Some(i)
+    })
+}
+
+pub fn set_launched(i: usize, handle: RawHandle) {
+    SLOTS.write(|slots| {
+        if let Some(s) = slots.get_mut(i).filter(|s| s.state == SlotState::Reserved) {
+            s.state = SlotState::Launched;
+            s.handle = handle;
+            s.has_handle = true;
+        }
+    });
+}
+
+/// Leaves the outcome of slot `i`, unless one is there already.
+pub fn finish(i: usize, outcome: &Outcome) {
+    SLOTS.write(|slots| {
+        let Some(s) = slots.get_mut(i) else { return };
+        if matches!(s.state, SlotState::Free | SlotState::Done) {
+            return;
+        }
+        s.state = SlotState::Done;
+        s.status = outcome.status;
+        s.rows = outcome.rows;
+        if let Some(e) = &outcome.error {
+            s.sqlerrcode = e.sqlerrcode;
+            s.error_len = copy_cut(&e.message, &mut s.error) as u16;
+        }
+        if let Some(r) = &outcome.result {
+            s.result_len = copy_cut(r, &mut s.result) as u32;
+        }
+    });
+}
+
+pub fn free(i: usize, job: i64, run: i32) {
+    SLOTS.write(|slots| {
+        if let Some(s) = slots.get_mut(i).filter(|s| s.job == job && s.run == run) {
+            *s = Slot::default();
+        }
+    });
+}
+
+/// A copy of slot `i` if it is in use.
+pub fn get(i: usize) -> Option<Slot> {
+    SLOTS.read(|slots| slots.get(i).filter(|s| s.state != SlotState::Free).copied())
+}
+
+/// `slot` as it is now, if its worker has left an outcome in it.
+pub fn get_done(slot: &Slot) -> Option<Slot> {
+    SLOTS.read(|slots| {
+        slots
+            .iter()
+            .find(|s| s.job == slot.job && s.run == slot.run && s.state == SlotState::Done)
+            .copied()
+    })
+}
+
+/// The slots in use, with their positions.
+pub fn busy() -> Vec<(usize, Slot)> {
+    SLOTS.read(|slots| {
+        slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state != SlotState::Free)
+            .map(|(i, s)| (i, *s))
+            .collect()
+    })
+}
+
+/// A run worker finds its slot by its registry entry and notes its pid.
+pub fn take_for_worker(registry: Ticket) -> Option<(usize, Slot)> {
+    let pid = toolkit::my_pid();
+    SLOTS.write(|slots| {
+        let (i, s) = slots.iter_mut().enumerate().find(|(_, s)| {
+            matches!(s.state, SlotState::Reserved | SlotState::Launched)
+                && s.registry_ticket() == registry
+        })?;
+        s.pid = pid;
+        Some((i, *s))
+    })
+}
+
+/// The pid of job `job`'s run in progress.
+pub fn running_pid(job: i64) -> Option<i32> {
+    if !is_available() {
+        return None;
+    }
+    SLOTS.read(|slots| {
+        slots
+            .iter()
+            .find(|s| s.job == job && s.state == SlotState::Launched && s.pid != 0)
+            .map(|s| s.pid)
+    })
+}
+
+/// `bgw_cancel()`: marks job `job`'s run in progress as cancelled and
+/// returns its worker handle, to be terminated.
+pub fn request_cancel(job: i64) -> Option<Option<RawHandle>> {
+    if !is_available() {
+        return None;
+    }
+    SLOTS.write(|slots| {
+        let s = slots.iter_mut().find(|s| {
+            s.job == job && matches!(s.state, SlotState::Reserved | SlotState::Launched)
+        })?;
+        s.cancel_requested = true;
+        Some(s.has_handle.then_some(s.handle))
+    })
+}
+
+/// The scheduler has committed outcomes: wake `bgw_result()` waiters.
+pub fn announce_recorded() {
+    RECORDED.broadcast();
+}
+
+/// Waits, as `SharedCondVar::wait_for`, for recorded outcomes.
+pub fn wait_recorded<R>(
+    timeout: Option<std::time::Duration>,
+    done: impl FnMut() -> Option<R>,
+) -> Option<R> {
+    RECORDED.wait_for(timeout, done)
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn copy_cut_keeps_whole_characters() {
+        let mut buf = [0u8; 4];
+        assert_eq!(copy_cut("abcdef", &mut buf), 4);
+        assert_eq!(&buf, b"abcd");
+        let mut buf = [0u8; 4];
+        // "é" is two bytes: "aé" + "é" would end inside the second one.
+        assert_eq!(copy_cut("aéé", &mut buf), 3);
+        assert_eq!(std::str::from_utf8(&buf[..3]).unwrap(), "aé");
+    }
+
+    #[test]
+    fn status_names_match_the_table_check() {
+        let names: Vec<_> = [
+            Status::Succeeded,
+            Status::Failed,
+            Status::Cancelled,
+            Status::TimedOut,
+        ]
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+        assert_eq!(names, ["succeeded", "failed", "cancelled", "timed out"]);
+    }
+}

@@ -1,0 +1,159 @@
+//! One run of a SQL job: a dynamic worker started by the scheduler. It
+//! connects to the job's database as the job's role, reads the statement from
+//! its job slot, runs it in one transaction and leaves the outcome in the
+//! slot. An error ends the process, as in any background worker; the
+//! scheduler then takes the error from the registry.
+
+use crate::job_slots::{self, Outcome, RESULT_MAX, Status};
+use crate::registration::ConnectArgs;
+use crate::registry::{self, Kind};
+use crate::toolkit::{self, Connection};
+use pgrx::prelude::*;
+use pgrx::spi::SpiTupleTable;
+use serde_json::{Map, Value};
+use std::ffi::CString;
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
+    // The scheduler passes the registry index (derived from the job id).
+    let index = main_arg.value() as i32;
+    let args = match ConnectArgs::decode(&toolkit::worker_extra()) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            ereport!(
+                FATAL,
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "a bgworker_rs job worker needs its bgw_extra"
+            );
+        }
+        Err(e) => {
+            ereport!(
+                FATAL,
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("malformed bgw_extra: {e}")
+            );
+        }
+    };
+
+    toolkit::capture_errors();
+    registry::enter(
+        Kind::Job,
+        index,
+        args.database,
+        args.role,
+        Some(args.ticket),
+    );
+    let Some((slot, job)) = job_slots::take_for_worker(args.ticket) else {
+        log!("{}: its job slot is gone; exiting", toolkit::worker_name());
+        toolkit::exit_quietly();
+    };
+
+    toolkit::install_signal_handlers();
+    toolkit::connect(
+        &Connection::Oids {
+            database: args.database.into(),
+            role: args.role.into(),
+        },
+        args.flags,
+    );
+    registry::report_running();
+
+    // Shown in pg_stat_activity while it runs; one statement per process.
+    let sql = job.sql();
+    let shown: &'static std::ffi::CStr = Box::leak(
+        CString::new(sql.clone())
+            .unwrap_or_default()
+            .into_boxed_c_str(),
+    );
+    if job.timeout_ms > 0 {
+        toolkit::arm_statement_timeout(job.timeout_ms);
+    }
+    let (rows, result) = toolkit::in_transaction(shown, || {
+        Spi::connect_mut(|client| {
+            let table = client.update(sql.as_str(), None, &[])?;
+            let rows = table.len() as i64;
+            Ok::<_, pgrx::spi::Error>((rows, first_rows(table)))
+        })
+    })
+    .unwrap_or_else(|e| error!("{e}"));
+
+    job_slots::finish(
+        slot,
+        &Outcome {
+            status: Status::Succeeded,
+            rows,
+            error: None,
+            result: Some(result),
+        },
+    );
+    // Exit code 0: the postmaster forgets the worker; it notifies the
+    // scheduler (bgw_notify_pid), which records the outcome.
+    toolkit::exit_quietly();
+}
+
+/// The first rows of the result as a JSON array of objects, as many as fit
+/// in `RESULT_MAX` bytes. Numbers, booleans, json and jsonb keep their JSON
+/// form; other values are their text output. `[]` for a statement without
+/// rows.
+fn first_rows(mut table: SpiTupleTable<'_>) -> String {
+    let Ok(columns) = table.columns() else {
+        return "[]".into(); // no result set (INSERT without RETURNING, ...)
+    };
+    let names: Vec<String> = (1..=columns)
+        .map(|i| {
+            table
+                .column_name(i)
+                .unwrap_or_else(|_| format!("?column{i}?"))
+        })
+        .collect();
+    let types: Vec<pg_sys::Oid> = (1..=columns)
+        .map(|i| {
+            table
+                .column_type_oid(i)
+                .map(|t| t.value())
+                .unwrap_or(pg_sys::InvalidOid)
+        })
+        .collect();
+    let mut text = String::from("[");
+    while table.next().is_some() {
+        let mut row = Map::new();
+        for (i, (name, &type_oid)) in names.iter().zip(&types).enumerate() {
+            let value = match table.get_datum_by_ordinal(i + 1) {
+                Ok(Some(datum)) => json_value(toolkit::output_text(datum, type_oid), type_oid),
+                _ => Value::Null,
+            };
+            row.insert(name.clone(), value);
+        }
+        let row = Value::Object(row).to_string();
+        // Room for the separator and the closing bracket.
+        if text.len() + row.len() + 2 > RESULT_MAX {
+            break;
+        }
+        if text.len() > 1 {
+            text.push(',');
+        }
+        text.push_str(&row);
+    }
+    text.push(']');
+    text
+}
+
+fn json_value(text: String, type_oid: pg_sys::Oid) -> Value {
+    use pg_sys::BuiltinOid::*;
+    let numeric = [
+        INT2OID, INT4OID, INT8OID, FLOAT4OID, FLOAT8OID, NUMERICOID, OIDOID,
+    ];
+    let json = [JSONOID, JSONBOID];
+    match pg_sys::BuiltinOid::from_u32(type_oid.to_u32()) {
+        Ok(BOOLOID) => Value::Bool(text == "t"),
+        // A number only if JSON keeps it exactly; NaN, Infinity and numerics
+        // beyond a double's precision stay strings.
+        Ok(t) if numeric.contains(&t) => match text.parse::<serde_json::Number>() {
+            Ok(n) if n.to_string() == text => Value::Number(n),
+            _ => Value::String(text),
+        },
+        Ok(t) if json.contains(&t) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        _ => Value::String(text),
+    }
+}
