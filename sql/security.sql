@@ -17,3 +17,8 @@ BEGIN
   END LOOP;
 END
 $$;
+
+-- The one exception: the view bgw_jobs calls bgw_job_pid(), and a function in
+-- a view runs with the privileges of whoever reads the view. It only tells
+-- the pid of a job's run; reading the view still needs SELECT on it.
+GRANT EXECUTE ON FUNCTION bgw_job_pid(int8) TO PUBLIC;

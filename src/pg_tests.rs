@@ -21,6 +21,7 @@ mod tests {
         assert_eq!(show("bgworker_rs.database"), "postgres");
         assert_eq!(show("bgworker_rs.role"), "");
         assert_eq!(show("bgworker_rs.launch_timeout"), "30s");
+        assert_eq!(show("bgworker_rs.max_jobs"), "8");
         let context = Spi::get_one::<String>(
             "SELECT string_agg(name || '=' || context, ',' ORDER BY name) FROM pg_settings WHERE name LIKE 'bgworker_rs.%'",
         )
@@ -28,7 +29,7 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(
             context,
-            "bgworker_rs.database=sighup,bgworker_rs.launch_timeout=user,bgworker_rs.monitor=postmaster,\
+            "bgworker_rs.database=sighup,bgworker_rs.launch_timeout=user,bgworker_rs.max_jobs=postmaster,bgworker_rs.monitor=postmaster,\
              bgworker_rs.naptime=sighup,bgworker_rs.restart_time=postmaster,bgworker_rs.role=sighup,bgworker_rs.total_workers=postmaster"
         );
     }

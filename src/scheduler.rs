@@ -204,29 +204,39 @@ fn finished(slot: &Slot, first: bool) -> Option<Outcome> {
     }
 }
 
-/// A run whose worker exited on an error: the registry kept the error.
+/// A run whose worker exited without leaving an outcome: cancelled, or
+/// ended by an error, which the registry kept.
 fn ended_without_outcome(slot: &Slot) -> Outcome {
     let ticket = Ticket {
         slot: slot.registry_slot,
         epoch: slot.registry_epoch,
     };
     let entry = registry::get(ticket);
-    let error = entry.and_then(|e| e.last_error()).unwrap_or_else(|| {
-        error(
-            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-            "the run's worker exited without reporting an outcome",
-        )
-    });
-    let sqlstate = error.sqlstate();
-    let ran_ms = entry.map_or(0, |e| (toolkit::now() - e.started_at) / 1000);
-    let status = if slot.cancel_requested || sqlstate == "57P01" {
-        Status::Cancelled // bgw_cancel, bgw_terminate or pg_terminate_backend
-    } else if sqlstate == "57014" && slot.timeout_ms > 0 && ran_ms >= slot.timeout_ms.into() {
-        Status::TimedOut
-    } else if sqlstate == "57014" {
-        Status::Cancelled // pg_cancel_backend
-    } else {
-        Status::Failed
+    let terminated = |message: &str| error(PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN, message);
+    let (status, error) = match entry.and_then(|e| e.last_error()) {
+        _ if slot.cancel_requested => (Status::Cancelled, terminated("cancelled by bgw_cancel()")),
+        Some(e) if e.sqlstate() == "57014" => {
+            let ran_ms = entry.map_or(0, |e| (toolkit::now() - e.started_at) / 1000);
+            if slot.timeout_ms > 0 && ran_ms >= slot.timeout_ms.into() {
+                (Status::TimedOut, e)
+            } else {
+                (Status::Cancelled, e) // pg_cancel_backend
+            }
+        }
+        Some(e) => (Status::Failed, e),
+        // The registry keeps no error for SIGTERM (bgw_terminate,
+        // pg_terminate_backend): the worker counts as stopped.
+        None if entry.is_some_and(|e| e.state == registry::State::Stopped) => (
+            Status::Cancelled,
+            terminated("the run's worker was terminated"),
+        ),
+        None => (
+            Status::Failed,
+            error(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "the run's worker exited without reporting an outcome",
+            ),
+        ),
     };
     Outcome {
         status,

@@ -207,6 +207,90 @@ const CASES: &[(&str, &str, &str)] = &[
         "parameter \"bgworker_rs.monitor\" cannot be changed without restarting the server",
     ),
     (
+        "SET bgworker_rs.max_jobs = 2",
+        "55P02",
+        "parameter \"bgworker_rs.max_jobs\" cannot be changed without restarting the server",
+    ),
+    (
+        "ALTER SYSTEM SET bgworker_rs.max_jobs = 1025",
+        "22023",
+        "1025 is outside the valid range for parameter \"bgworker_rs.max_jobs\"",
+    ),
+    // bgw_run
+    ("SELECT bgw_run(NULL)", "22004", "sql must not be NULL"),
+    (
+        "SELECT bgw_run(repeat('x', 8193))",
+        "54000",
+        "sql is too long",
+    ),
+    (
+        "SELECT bgw_run('SELECT 1', every => '0')",
+        "22023",
+        "every must be greater than zero",
+    ),
+    (
+        "SELECT bgw_run('SELECT 1', every => '-1 second')",
+        "22023",
+        "every must not be negative",
+    ),
+    (
+        "SELECT bgw_run('SELECT 1', timeout => '0')",
+        "22023",
+        "timeout must be greater than zero",
+    ),
+    (
+        "SELECT bgw_run('SELECT 1', timeout => '-1 ms')",
+        "22023",
+        "timeout must not be negative",
+    ),
+    (
+        "SELECT bgw_run('SELECT 1', timeout => '1 microsecond')",
+        "22023",
+        "timeout must be between 1 millisecond and 2147483647 milliseconds",
+    ),
+    (
+        "SELECT bgw_run('SELECT 1', timeout => '25 days')",
+        "22023",
+        "timeout must be between 1 millisecond and 2147483647 milliseconds",
+    ),
+    (
+        "SELECT bgw_run('SELECT 1', database => 'nowhere')",
+        "3D000",
+        "database \"nowhere\" does not exist",
+    ),
+    (
+        "SELECT bgw_run('SELECT 1', role => 'nobody')",
+        "42704",
+        "role \"nobody\" does not exist",
+    ),
+    // bgw_result and bgw_cancel
+    ("SELECT bgw_result(NULL)", "22004", "job must not be NULL"),
+    (
+        "SELECT bgw_result(1, '-1s')",
+        "22023",
+        "timeout must not be negative",
+    ),
+    (
+        "SELECT bgw_result(424242)",
+        "42704",
+        "bgworker_rs job 424242 does not exist",
+    ),
+    (
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT bgw_result(1)",
+        "0A000",
+        "bgw_result cannot wait in a REPEATABLE READ or SERIALIZABLE transaction",
+    ),
+    (
+        "ROLLBACK; SELECT bgw_cancel(NULL)",
+        "22004",
+        "job must not be NULL",
+    ),
+    (
+        "SELECT bgw_cancel(-1)",
+        "42704",
+        "bgworker_rs job -1 does not exist",
+    ),
+    (
         "SET bgworker_rs.no_such_setting = 1",
         "42602",
         "invalid configuration parameter name \"bgworker_rs.no_such_setting\"",
@@ -215,7 +299,7 @@ const CASES: &[(&str, &str, &str)] = &[
 
 #[test]
 fn bad_inputs_raise_specific_errors_and_leave_the_server_up() {
-    let cluster = Cluster::start(&["bgworker_rs.total_workers = 0"]);
+    let cluster = Cluster::start(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 2"]);
     let mut c = cluster.connect();
     c.batch_execute("CREATE EXTENSION bgworker_rs").unwrap();
     let started: String = c

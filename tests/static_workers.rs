@@ -274,6 +274,7 @@ fn out_of_range_settings_in_config_warn_and_keep_defaults() {
         "bgworker_rs.total_workers = 500",
         "bgworker_rs.naptime = -5",
         "bgworker_rs.restart_time = 99999999",
+        "bgworker_rs.max_jobs = 5000", // overrides the harness's 0, then is refused
         "bgworker_rs.bogus = 1",
     ]);
     let log = cluster.log();
@@ -281,6 +282,7 @@ fn out_of_range_settings_in_config_warn_and_keep_defaults() {
         "WARNING:  500 is outside the valid range for parameter \"bgworker_rs.total_workers\" (0 .. 100)",
         "WARNING:  -5 ms is outside the valid range for parameter \"bgworker_rs.naptime\"", // PostgreSQL 18 adds units to the range
         "WARNING:  99999999 s is outside the valid range for parameter \"bgworker_rs.restart_time\"",
+        "WARNING:  5000 is outside the valid range for parameter \"bgworker_rs.max_jobs\" (0 .. 1024)",
         "WARNING:  invalid configuration parameter name \"bgworker_rs.bogus\", removing it",
     ] {
         assert!(log.contains(w), "missing {w:?} in log:\n{log}");
@@ -299,6 +301,7 @@ fn out_of_range_settings_in_config_warn_and_keep_defaults() {
     let expect = [
         ("database", "postgres"),
         ("launch_timeout", "30000"),
+        ("max_jobs", "8"),
         ("monitor", "off"),
         ("naptime", "10000"),
         ("restart_time", "5"),

@@ -126,6 +126,9 @@ impl Cluster {
             format!("port = {PORT}"),
             "fsync = off".into(),
             "bgworker_rs.naptime = '100ms'".into(),
+            // No job scheduler unless a test asks for one (tests/jobs.rs):
+            // the other suites count workers and worker slots exactly.
+            "bgworker_rs.max_jobs = 0".into(),
         ];
         lines.extend(base.iter().map(|s| s.to_string()));
         lines.extend(conf.iter().map(|s| s.to_string()));

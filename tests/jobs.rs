@@ -1,0 +1,650 @@
+//! SQL jobs through a real server: bgw_run, bgw_result, bgw_cancel, the
+//! bgw_jobs view and the bgw_job_runs table, the scheduler's limits, and
+//! what a crash leaves behind.
+
+mod common;
+
+use common::*;
+use postgres::Client;
+use serde_json::Value;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+
+/// No static workers: the jobs have the server to themselves. (The harness
+/// turns jobs off for the other suites.)
+const BASE: &[&str] = &["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 8"];
+
+fn run(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
+}
+
+/// bgw_result(job, '30s') as JSON; panics on NULL.
+fn result(c: &mut Client, job: i64) -> Value {
+    let text: Option<String> = c
+        .query_one("SELECT bgw_result($1, '30s')::text", &[&job])
+        .unwrap_or_else(|e| panic!("bgw_result({job}): {e}"))
+        .get(0);
+    let text = text.unwrap_or_else(|| panic!("bgw_result({job}) is NULL"));
+    serde_json::from_str(&text).expect("bgw_result returns JSON")
+}
+
+fn job_state(c: &mut Client, job: i64) -> String {
+    c.query_one("SELECT state FROM bgw_jobs WHERE id = $1", &[&job])
+        .expect("bgw_jobs")
+        .get(0)
+}
+
+fn finished_runs(c: &mut Client, job: i64) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM bgw_job_runs WHERE job = $1 AND finished_at IS NOT NULL",
+        &[&job],
+    )
+    .expect("bgw_job_runs")
+    .get(0)
+}
+
+fn wait_runs(c: &mut Client, job: i64, n: i64) {
+    wait_until(&format!("{n} finished runs of job {job}"), T, || {
+        (finished_runs(c, job) >= n).then_some(())
+    });
+}
+
+#[test]
+fn a_job_runs_once_and_hands_back_its_rows() {
+    let (cluster, mut c) = start_with_extension(BASE);
+    let job = run(
+        &mut c,
+        "SELECT bgw_run($$SELECT g AS n, g % 2 = 0 AS even, 'row ' || g AS label, \
+                        NULL::int AS nothing, jsonb_build_object('g', g) AS doc, 1.5::float8 AS f \
+                        FROM generate_series(1, 3) g$$)",
+    );
+    let r = result(&mut c, job);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["job"], job);
+    assert_eq!(r["run"], 1);
+    assert_eq!(r["rows"], 3);
+    assert_eq!(r["sqlstate"], Value::Null);
+    assert_eq!(
+        r["result"][1],
+        serde_json::json!({"n": 2, "even": true, "label": "row 2", "nothing": null, "doc": {"g": 2}, "f": 1.5})
+    );
+    assert_eq!(r["result"].as_array().map(Vec::len), Some(3));
+    assert!(r["pid"].as_i64().is_some_and(|p| p > 0), "{r}");
+    assert_eq!(job_state(&mut c, job), "finished");
+    // Once finished, bgw_result returns the last run at once.
+    assert_eq!(result(&mut c, job)["run"], 1);
+
+    // The statement ran as the caller, in the caller's database, and the
+    // row count of a statement without result rows is the rows it changed.
+    c.batch_execute("CREATE TABLE items (x int)").unwrap();
+    let job = run(
+        &mut c,
+        "SELECT bgw_run('INSERT INTO items SELECT generate_series(1, 5)')",
+    );
+    let r = result(&mut c, job);
+    assert_eq!(
+        (r["status"].as_str(), r["rows"].as_i64()),
+        (Some("succeeded"), Some(5))
+    );
+    assert_eq!(r["result"], serde_json::json!([]));
+    assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM items"), 5);
+
+    // The result is bounded: 100,000 rows are counted, a few kB are kept.
+    let job = run(
+        &mut c,
+        "SELECT bgw_run('SELECT g FROM generate_series(1, 100000) g')",
+    );
+    let r = result(&mut c, job);
+    assert_eq!(r["rows"], 100_000);
+    let kept = r["result"].as_array().map_or(0, Vec::len);
+    assert!(kept > 100 && kept < 100_000, "kept {kept} rows");
+    assert_eq!(r["result"][0], serde_json::json!({"g": 1}));
+    drop(cluster);
+}
+
+#[test]
+fn failures_are_recorded_never_crash_and_stay_apart() {
+    let (cluster, mut c) = start_with_extension(BASE);
+    let started = scalar_i64(
+        &mut c,
+        "SELECT extract(epoch FROM pg_postmaster_start_time())::int8",
+    );
+    let bad = run(&mut c, "SELECT bgw_run('SELEC 1')");
+    let div = run(&mut c, "SELECT bgw_run('SELECT 1/0')");
+    let slow = run(
+        &mut c,
+        "SELECT bgw_run('SELECT pg_sleep(60)', timeout => '300ms')",
+    );
+    let good = run(&mut c, "SELECT bgw_run('SELECT 42 AS answer')");
+
+    let r = result(&mut c, bad);
+    assert_eq!(
+        (
+            r["status"].as_str(),
+            r["sqlstate"].as_str(),
+            r["error"].as_str()
+        ),
+        (
+            Some("failed"),
+            Some("42601"),
+            Some("syntax error at or near \"SELEC\"")
+        )
+    );
+    let r = result(&mut c, div);
+    assert_eq!(
+        (
+            r["status"].as_str(),
+            r["sqlstate"].as_str(),
+            r["error"].as_str()
+        ),
+        (Some("failed"), Some("22012"), Some("division by zero"))
+    );
+    let r = result(&mut c, slow);
+    assert_eq!(
+        (
+            r["status"].as_str(),
+            r["sqlstate"].as_str(),
+            r["error"].as_str()
+        ),
+        (
+            Some("timed out"),
+            Some("57014"),
+            Some("canceling statement due to statement timeout")
+        )
+    );
+    let r = result(&mut c, good);
+    assert_eq!(r["status"], "succeeded");
+    assert_eq!(r["result"], serde_json::json!([{"answer": 42}]));
+
+    // Nothing crashed: same postmaster, the scheduler still listed running.
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            "SELECT extract(epoch FROM pg_postmaster_start_time())::int8"
+        ),
+        started
+    );
+    let scheduler: Vec<_> = bgw_list(&mut c)
+        .into_iter()
+        .filter(|r| r.0 == "scheduler")
+        .collect();
+    assert_eq!(scheduler.len(), 1);
+    assert_eq!((scheduler[0].3.as_str(), scheduler[0].4), ("running", 0));
+    drop(cluster);
+}
+
+#[test]
+fn recurring_jobs_keep_their_interval_and_stop_when_cancelled() {
+    let (cluster, mut c) = start_with_extension(BASE);
+    // Fails every time, and still keeps to its interval.
+    let failing = run(&mut c, "SELECT bgw_run('SELECT 1/0', every => '400ms')");
+    let clock = run(&mut c, "SELECT bgw_run('SELECT now()', every => '100ms')");
+    wait_runs(&mut c, failing, 4);
+    let statuses: Vec<String> = c
+        .query(
+            "SELECT DISTINCT status FROM bgw_job_runs WHERE job = $1 AND finished_at IS NOT NULL",
+            &[&failing],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(statuses, ["failed"]);
+    let min_gap_ms = scalar_i64(
+        &mut c,
+        &format!(
+            "SELECT (min(gap) * 1000)::int8 FROM (SELECT extract(epoch FROM started_at - lag(started_at) OVER (ORDER BY run)) AS gap \
+               FROM bgw_job_runs WHERE job = {failing}) g"
+        ),
+    );
+    // A spinning job would start its runs milliseconds apart.
+    assert!(min_gap_ms >= 200, "runs only {min_gap_ms} ms apart");
+    assert_eq!(job_state(&mut c, failing), "scheduled");
+
+    // bgw_result on a scheduled job waits for its next run.
+    let before = finished_runs(&mut c, clock);
+    let r = result(&mut c, clock);
+    assert!(
+        r["run"].as_i64().unwrap_or(0) > before,
+        "{r} after {before} runs"
+    );
+
+    // Cancelled: no further run, while the clock job keeps running.
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&failing])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    assert_eq!(job_state(&mut c, failing), "cancelled");
+    let runs = finished_runs(&mut c, failing);
+    let clock_runs = finished_runs(&mut c, clock);
+    wait_runs(&mut c, clock, clock_runs + 10); // ten clock ticks: 2.5 intervals
+    assert_eq!(finished_runs(&mut c, failing), runs, "a cancelled job ran");
+    // No further run will come: bgw_result returns its last one at once.
+    assert_eq!(result(&mut c, failing)["run"].as_i64(), Some(runs));
+    // Cancelling again changes nothing.
+    assert!(
+        !c.query_one("SELECT bgw_cancel($1)", &[&failing])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    drop(cluster);
+}
+
+#[test]
+fn cancel_stops_a_running_job_at_once() {
+    let (cluster, mut c) = start_with_extension(BASE);
+    let job = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    let pid: i32 = wait_until("the job's pid in bgw_jobs", T, || {
+        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&job])
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+    });
+    assert_eq!(job_state(&mut c, job), "running");
+    assert!(
+        bgw_list(&mut c)
+            .iter()
+            .any(|r| r.0 == "job" && r.2 == Some(pid))
+    );
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&job])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    let r = result(&mut c, job);
+    assert_eq!(
+        (
+            r["status"].as_str(),
+            r["sqlstate"].as_str(),
+            r["error"].as_str()
+        ),
+        (
+            Some("cancelled"),
+            Some("57P01"),
+            Some("cancelled by bgw_cancel()")
+        ),
+        "{r}"
+    );
+
+    // A run stopped from outside (bgw_terminate) counts as cancelled too,
+    // and a recurring job goes on.
+    let job = run(
+        &mut c,
+        "SELECT bgw_run('SELECT pg_sleep(600)', every => '1s')",
+    );
+    let pid: i32 = wait_until("the recurring job's pid", T, || {
+        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&job])
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+    });
+    assert!(
+        c.query_one("SELECT bgw_terminate($1)", &[&pid])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    // (Not bgw_result: by the time it looks, run 2 may be in progress.)
+    wait_runs(&mut c, job, 1);
+    let r = c
+        .query_one(
+            "SELECT status, sqlstate, error FROM bgw_job_runs WHERE job = $1 AND run = 1",
+            &[&job],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2)
+        ),
+        (
+            "cancelled".to_string(),
+            "57P01".to_string(),
+            "the run's worker was terminated".to_string()
+        )
+    );
+    wait_until("the recurring job's second run", T, || {
+        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&job])
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+            .filter(|&p| p != pid)
+    });
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&job])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    // The view says running until the scheduler has recorded the run.
+    wait_until("the cancelled job's state", T, || {
+        (job_state(&mut c, job) == "cancelled").then_some(())
+    });
+    drop(cluster);
+}
+
+#[test]
+fn a_job_can_notify_listeners() {
+    let (cluster, mut c) = start_with_extension(BASE);
+    let mut listener = cluster.connect();
+    listener.batch_execute("LISTEN bgw_jobs_test").unwrap();
+    let job = run(
+        &mut c,
+        "SELECT bgw_run($$SELECT pg_notify('bgw_jobs_test', 'from job ' || current_user)$$)",
+    );
+    assert_eq!(result(&mut c, job)["status"], "succeeded");
+    let note = wait_until("a notification from the job", T, || {
+        listener.batch_execute("SELECT 1").ok()?;
+        use postgres::fallible_iterator::FallibleIterator;
+        listener.notifications().iter().next().ok().flatten()
+    });
+    assert_eq!(note.channel(), "bgw_jobs_test");
+    assert_eq!(note.payload(), "from job postgres");
+    drop(cluster);
+}
+
+#[test]
+fn jobs_run_in_other_databases_and_as_other_roles() {
+    let (cluster, mut c) = start_with_extension(BASE);
+    c.batch_execute("CREATE DATABASE other").unwrap();
+    c.batch_execute(
+        "CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; \
+         GRANT EXECUTE ON FUNCTION bgw_run(text, interval, name, name, interval), \
+               bgw_result(int8, interval), bgw_cancel(int8) TO alice, bob; \
+         GRANT SELECT ON bgw_jobs TO alice",
+    )
+    .unwrap();
+    let job = run(
+        &mut c,
+        "SELECT bgw_run('SELECT current_database()::text AS db, current_user::text AS who', \
+                        database => 'other', role => 'alice')",
+    );
+    let r = result(&mut c, job);
+    assert_eq!(
+        r["result"],
+        serde_json::json!([{"db": "other", "who": "alice"}]),
+        "{r}"
+    );
+
+    // Jobs are kept in bgworker_rs.database only.
+    let mut other = cluster.connect_as("postgres", "other");
+    other.batch_execute("CREATE EXTENSION bgworker_rs").unwrap();
+    let (code, message, _, hint) = expect_error(&mut other, "SELECT bgw_run('SELECT 1')");
+    assert_eq!(code, "55000");
+    assert_eq!(
+        message,
+        "bgworker_rs jobs are kept in database \"postgres\", not \"other\""
+    );
+    assert!(hint.is_some_and(|h| h.contains("database => 'other'")));
+
+    // Non-superusers: only as roles whose privileges they have, and only
+    // their own jobs.
+    let mut alice = cluster.connect_as("alice", "postgres");
+    let mut bob = cluster.connect_as("bob", "postgres");
+    let (code, message, _, _) =
+        expect_error(&mut alice, "SELECT bgw_run('SELECT 1', role => 'postgres')");
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        (
+            "42501",
+            "permission denied to launch a worker as role \"postgres\""
+        )
+    );
+    let job = run(
+        &mut alice,
+        "SELECT bgw_run('SELECT current_user::text AS who')",
+    );
+    assert_eq!(
+        result(&mut alice, job)["result"],
+        serde_json::json!([{"who": "alice"}])
+    );
+    // With SELECT granted on the view, alice reads it.
+    let (who, state): (String, String) = {
+        let r = alice
+            .query_one(
+                "SELECT created_by::text, state FROM bgw_jobs WHERE id = $1",
+                &[&job],
+            )
+            .expect("alice reads bgw_jobs");
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((who.as_str(), state.as_str()), ("alice", "finished"));
+    let (code, message, _, _) = expect_error(&mut bob, &format!("SELECT bgw_result({job})"));
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        (
+            "42501",
+            format!("permission denied for bgworker_rs job {job}").as_str()
+        )
+    );
+    let (code, _, _, _) = expect_error(&mut bob, &format!("SELECT bgw_cancel({job})"));
+    assert_eq!(code, "42501");
+    // The tables themselves are not readable without a grant.
+    let (code, _, _, _) = expect_error(&mut bob, "SELECT * FROM bgw_job_runs");
+    assert_eq!(code, "42501");
+
+    // A creator who loses the rights loses the job's runs too.
+    c.batch_execute("GRANT bob TO alice").unwrap();
+    let job = run(
+        &mut alice,
+        "SELECT bgw_run('SELECT current_user::text AS who', every => '200ms', role => 'bob')",
+    );
+    assert_eq!(
+        result(&mut alice, job)["result"],
+        serde_json::json!([{"who": "bob"}])
+    );
+    c.batch_execute("REVOKE bob FROM alice").unwrap();
+    let r = wait_until("a run refused after the revoke", T, || {
+        let r = result(&mut c, job);
+        (r["status"] == "failed").then_some(r)
+    });
+    assert_eq!(r["sqlstate"], "42501");
+    assert_eq!(
+        r["error"],
+        "role \"alice\" may no longer run jobs as role \"bob\" in database \"postgres\""
+    );
+    drop(cluster);
+}
+
+#[test]
+fn without_free_slots_runs_fail_with_53000_and_recurring_jobs_retry() {
+    let (cluster, mut c) =
+        start_with_extension(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 1"]);
+    let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    wait_until("the blocking job to run", T, || {
+        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&blocker])
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+    });
+    let recurring = run(
+        &mut c,
+        "SELECT bgw_run('SELECT 1 AS one', every => '200ms')",
+    );
+    let r = result(&mut c, recurring);
+    assert_eq!(
+        (
+            r["status"].as_str(),
+            r["sqlstate"].as_str(),
+            r["error"].as_str()
+        ),
+        (
+            Some("failed"),
+            Some("53000"),
+            Some("could not start the run: all 1 job slots are in use (bgworker_rs.max_jobs)")
+        )
+    );
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&blocker])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    let r = wait_until("a run that found a slot", T, || {
+        let r = result(&mut c, recurring);
+        (r["status"] == "succeeded").then_some(r)
+    });
+    assert_eq!(r["result"], serde_json::json!([{"one": 1}]));
+    drop(cluster);
+
+    // Worker slots: max_worker_processes leaves one for the scheduler, one
+    // for the logical replication launcher, and one for a run.
+    let (cluster, mut c) = start_with_extension(&[BASE, &["max_worker_processes = 3"]].concat());
+    let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    wait_until("the blocking job to run", T, || {
+        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&blocker])
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+    });
+    let job = run(&mut c, "SELECT bgw_run('SELECT 1')");
+    let r = result(&mut c, job);
+    assert_eq!(
+        (
+            r["status"].as_str(),
+            r["sqlstate"].as_str(),
+            r["error"].as_str()
+        ),
+        (
+            Some("failed"),
+            Some("53000"),
+            Some(
+                "could not start the run: all background worker slots are in use (max_worker_processes = 3)"
+            )
+        )
+    );
+    assert_eq!(job_state(&mut c, job), "finished");
+    drop(cluster);
+}
+
+#[test]
+fn runs_survive_restarts_and_a_crash_marks_unfinished_runs_failed() {
+    let (mut cluster, mut c) = start_with_extension(BASE);
+    let done = run(&mut c, "SELECT bgw_run('SELECT 7 AS seven')");
+    assert_eq!(result(&mut c, done)["status"], "succeeded");
+    let recurring = run(&mut c, "SELECT bgw_run('SELECT 1', every => '200ms')");
+    let sleeper = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    wait_until("the sleeping job to run", T, || {
+        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&sleeper])
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+    });
+    drop(c);
+
+    // A crash: a backend killed with SIGKILL makes the postmaster reinitialize.
+    let mut victim = cluster.connect();
+    let victim_pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    assert!(signal(victim_pid, "KILL"));
+    let mut c = wait_until("the server back after the crash", T, || {
+        let mut c = cluster.try_connect_as("postgres", "postgres").ok()?;
+        let r = c
+            .query_one(
+                "SELECT status, sqlstate, error FROM bgw_job_runs WHERE job = $1 AND run = 1",
+                &[&sleeper],
+            )
+            .ok()?;
+        (r.get::<_, String>(0) != "running").then_some(c)
+    });
+    let r = c
+        .query_one(
+            "SELECT status, sqlstate, error FROM bgw_job_runs WHERE job = $1 AND run = 1",
+            &[&sleeper],
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2)
+        ),
+        (
+            "failed".to_string(),
+            "57P02".to_string(),
+            "the run was interrupted: the server crashed or restarted before it finished"
+                .to_string()
+        )
+    );
+    assert_eq!(job_state(&mut c, sleeper), "finished");
+    // What finished before is still there, and the recurring job goes on.
+    assert_eq!(
+        result(&mut c, done)["result"],
+        serde_json::json!([{"seven": 7}])
+    );
+    let runs = finished_runs(&mut c, recurring);
+    wait_runs(&mut c, recurring, runs + 2);
+
+    // A clean restart: the recurring job is still scheduled afterwards.
+    drop(c);
+    cluster.restart();
+    let mut c = cluster.connect();
+    let runs = finished_runs(&mut c, recurring);
+    wait_runs(&mut c, recurring, runs + 2);
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM bgw_job_runs WHERE finished_at IS NULL AND started_at < now() - interval '10 seconds'"
+        ),
+        0,
+        "a run left unfinished"
+    );
+    drop(cluster);
+}
+
+#[test]
+fn a_rolled_back_job_never_runs() {
+    let (cluster, mut c) = start_with_extension(BASE);
+    let mut tx = c.transaction().unwrap();
+    let job: i64 = tx
+        .query_one("SELECT bgw_run('SELECT 1')", &[])
+        .unwrap()
+        .get(0);
+    // Its creator cannot wait for it before committing.
+    let err = tx
+        .query_one("SELECT bgw_result($1)", &[&job])
+        .expect_err("bgw_result in the creating transaction");
+    let db = err.as_db_error().expect("server error");
+    assert_eq!(db.code().code(), "55000");
+    assert_eq!(
+        db.message(),
+        format!("bgworker_rs job {job} has not started: this transaction created it")
+    );
+    tx.rollback().unwrap();
+    let later = run(&mut c, "SELECT bgw_run('SELECT 2 AS two')");
+    assert_eq!(result(&mut c, later)["status"], "succeeded");
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            &format!("SELECT count(*) FROM bgw_job_runs WHERE job = {job}")
+        ),
+        0
+    );
+    let (code, message, _, _) = expect_error(&mut c, &format!("SELECT bgw_result({job})"));
+    assert_eq!(
+        (code.as_str(), message.as_str()),
+        (
+            "42704",
+            format!("bgworker_rs job {job} does not exist").as_str()
+        )
+    );
+    drop(cluster);
+}
+
+#[test]
+fn max_jobs_zero_disables_jobs_and_the_scheduler() {
+    let (cluster, mut c) =
+        start_with_extension(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 0"]);
+    assert!(
+        bgw_list(&mut c).iter().all(|r| r.0 != "scheduler"),
+        "a scheduler runs with max_jobs = 0"
+    );
+    let (code, message, detail, _) = expect_error(&mut c, "SELECT bgw_run('SELECT 1')");
+    assert_eq!(
+        (code.as_str(), message.as_str(), detail.as_deref()),
+        (
+            "55000",
+            "bgworker_rs jobs are disabled",
+            Some("bgworker_rs.max_jobs is 0.")
+        )
+    );
+    drop(cluster);
+}
