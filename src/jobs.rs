@@ -207,8 +207,8 @@ fn bgw_run(
         .hint("Put a longer statement in a function and run a call of it.")
         .raise();
     }
-    let _ = positive(every.clone(), "every");
-    let timeout_ms = positive(timeout.clone(), "timeout").map(|t| t.as_millis());
+    let _ = positive(every, "every");
+    let timeout_ms = positive(timeout, "timeout").map(|t| t.as_millis());
     if timeout_ms.is_some_and(|ms| ms > i32::MAX as u128 || ms == 0) {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

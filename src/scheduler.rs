@@ -390,9 +390,9 @@ fn prepare(job: &Due) -> Result<Launch, CapturedError> {
             ),
         )
     })?;
-    if !toolkit::is_role_superuser(creator)
-        && !(toolkit::has_privs_of_role(creator, role) && toolkit::has_connect(database, creator))
-    {
+    let allowed = toolkit::is_role_superuser(creator)
+        || (toolkit::has_privs_of_role(creator, role) && toolkit::has_connect(database, creator));
+    if !allowed {
         return Err(error(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
