@@ -75,6 +75,7 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
 }
 
 struct Launch {
+    job: i64,
     slot: usize,
     index: i32,
     args: ConnectArgs,
@@ -109,17 +110,25 @@ fn tick(first: bool) -> SpiResult<Tick> {
                 tick.recorded.push((*i, slot.job, slot.run));
             }
         }
-        let running: Vec<i64> = busy.iter().map(|(_, s)| s.job).collect();
+        // Jobs with a run in progress: not due, however late.
+        let mut running: Vec<i64> = busy
+            .iter()
+            .filter(|(i, _)| !tick.recorded.iter().any(|(r, ..)| r == i))
+            .map(|(_, s)| s.job)
+            .collect();
         start_due(client, &t, &running, &mut tick.launches)?;
+        running.extend(tick.launches.iter().map(|l| l.job));
         tick.next_due_ms = client
             .update(
                 &format!(
                     "SELECT (extract(epoch FROM min(next_run_at) - clock_timestamp()) * 1000)::int8 \
-                       FROM {} WHERE state = 'scheduled'",
+                       FROM {} WHERE state = 'scheduled' AND id <> ALL($1)",
                     t.defs
                 ),
                 None,
-                &[],
+                // A job whose run is in progress is not due, however late:
+                // its worker's exit wakes us (bgw_notify_pid).
+                &[running.into()],
             )?
             .first()
             .get_one::<i64>()?
@@ -421,6 +430,7 @@ fn prepare(job: &Due) -> Result<Launch, CapturedError> {
         )));
     };
     Ok(Launch {
+        job: job.id,
         slot,
         index,
         args: ConnectArgs {

@@ -280,6 +280,20 @@ fn cancel_stops_a_running_job_at_once() {
             .unwrap()
             .get::<_, Option<i32>>(0)
     });
+    // The scheduler does not spin while an overdue job's run goes on: over
+    // another job's half-second run it wakes a handful of times, not
+    // thousands.
+    let woken = |c: &mut Client| {
+        scalar_i64(
+            c,
+            "SELECT iterations FROM bgw_list() WHERE kind = 'scheduler'",
+        )
+    };
+    let before = woken(&mut c);
+    let clock = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(0.5)')");
+    assert_eq!(result(&mut c, clock)["status"], "succeeded");
+    let wakeups = woken(&mut c) - before;
+    assert!(wakeups < 50, "the scheduler woke {wakeups} times");
     assert!(
         c.query_one("SELECT bgw_terminate($1)", &[&pid])
             .unwrap()
