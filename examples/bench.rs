@@ -315,8 +315,9 @@ fn memory_use(cluster: &Cluster, runs: i64) -> Figure {
         || (iterations(&mut c, pid) >= runs).then_some(()),
     );
     set_naptime(&mut c, "1h");
-    // The worker finishes its current iteration and sleeps; then it is idle.
-    let settled = iterations(&mut c, pid);
+    // The worker finishes its current iteration, rereads the setting and
+    // sleeps: idle, with a count that no longer moves between two looks.
+    let mut last = -1;
     wait_until("the worker is idle", Duration::from_secs(10), || {
         let idle: bool = c
             .query_one(
@@ -325,7 +326,10 @@ fn memory_use(cluster: &Cluster, runs: i64) -> Figure {
             )
             .unwrap()
             .get(0);
-        (idle && iterations(&mut c, pid) == settled).then_some(())
+        let now = iterations(&mut c, pid);
+        let settled = now == last;
+        last = now;
+        (idle && settled).then_some(())
     });
     let ran = iterations(&mut c, pid);
 
