@@ -626,7 +626,7 @@ mod unit_tests {
         bad[offset_of!(Entry, state)] = 9;
         assert!(decode(&bad).is_none(), "state out of range");
         let mut bad = zero.clone();
-        bad[offset_of!(Entry, kind)] = 3;
+        bad[offset_of!(Entry, kind)] = 5;
         assert!(decode(&bad).is_none(), "kind out of range");
         let mut bad = zero.clone();
         bad[offset_of!(Entry, in_use)] = 2;
