@@ -31,6 +31,22 @@ fn result(c: &mut Client, job: i64) -> Value {
     serde_json::from_str(&text).expect("bgw_result returns JSON")
 }
 
+/// (status, sqlstate, error) of a bgw_result outcome.
+fn status_code_error(r: &Value) -> (Option<&str>, Option<&str>, Option<&str>) {
+    (
+        r["status"].as_str(),
+        r["sqlstate"].as_str(),
+        r["error"].as_str(),
+    )
+}
+
+/// The pid of a job's run in progress, from the view bgw_jobs.
+fn job_pid(c: &mut Client, job: i64) -> Option<i32> {
+    c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&job])
+        .expect("bgw_jobs")
+        .get(0)
+}
+
 fn job_state(c: &mut Client, job: i64) -> String {
     c.query_one("SELECT state FROM bgw_jobs WHERE id = $1", &[&job])
         .expect("bgw_jobs")
@@ -122,11 +138,7 @@ fn failures_are_recorded_never_crash_and_stay_apart() {
 
     let r = result(&mut c, bad);
     assert_eq!(
-        (
-            r["status"].as_str(),
-            r["sqlstate"].as_str(),
-            r["error"].as_str()
-        ),
+        status_code_error(&r),
         (
             Some("failed"),
             Some("42601"),
@@ -135,20 +147,12 @@ fn failures_are_recorded_never_crash_and_stay_apart() {
     );
     let r = result(&mut c, div);
     assert_eq!(
-        (
-            r["status"].as_str(),
-            r["sqlstate"].as_str(),
-            r["error"].as_str()
-        ),
+        status_code_error(&r),
         (Some("failed"), Some("22012"), Some("division by zero"))
     );
     let r = result(&mut c, slow);
     assert_eq!(
-        (
-            r["status"].as_str(),
-            r["sqlstate"].as_str(),
-            r["error"].as_str()
-        ),
+        status_code_error(&r),
         (
             Some("timed out"),
             Some("57014"),
@@ -238,11 +242,7 @@ fn recurring_jobs_keep_their_interval_and_stop_when_cancelled() {
 fn cancel_stops_a_running_job_at_once() {
     let (cluster, mut c) = start_with_extension(BASE);
     let job = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
-    let pid: i32 = wait_until("the job's pid in bgw_jobs", T, || {
-        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&job])
-            .unwrap()
-            .get::<_, Option<i32>>(0)
-    });
+    let pid: i32 = wait_until("the job's pid in bgw_jobs", T, || job_pid(&mut c, job));
     assert_eq!(job_state(&mut c, job), "running");
     assert!(
         bgw_list(&mut c)
@@ -256,11 +256,7 @@ fn cancel_stops_a_running_job_at_once() {
     );
     let r = result(&mut c, job);
     assert_eq!(
-        (
-            r["status"].as_str(),
-            r["sqlstate"].as_str(),
-            r["error"].as_str()
-        ),
+        status_code_error(&r),
         (
             Some("cancelled"),
             Some("57P01"),
@@ -275,11 +271,7 @@ fn cancel_stops_a_running_job_at_once() {
         &mut c,
         "SELECT bgw_run('SELECT pg_sleep(600)', every => '1s')",
     );
-    let pid: i32 = wait_until("the recurring job's pid", T, || {
-        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&job])
-            .unwrap()
-            .get::<_, Option<i32>>(0)
-    });
+    let pid: i32 = wait_until("the recurring job's pid", T, || job_pid(&mut c, job));
     // The scheduler does not spin while an overdue job's run goes on: over
     // another job's half-second run it wakes a handful of times, not
     // thousands.
@@ -320,10 +312,7 @@ fn cancel_stops_a_running_job_at_once() {
         )
     );
     wait_until("the recurring job's second run", T, || {
-        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&job])
-            .unwrap()
-            .get::<_, Option<i32>>(0)
-            .filter(|&p| p != pid)
+        job_pid(&mut c, job).filter(|&p| p != pid)
     });
     assert!(
         c.query_one("SELECT bgw_cancel($1)", &[&job])
@@ -465,22 +454,14 @@ fn without_free_slots_runs_fail_with_53000_and_recurring_jobs_retry() {
     let (cluster, mut c) =
         start_with_extension(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 1"]);
     let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
-    wait_until("the blocking job to run", T, || {
-        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&blocker])
-            .unwrap()
-            .get::<_, Option<i32>>(0)
-    });
+    wait_until("the blocking job to run", T, || job_pid(&mut c, blocker));
     let recurring = run(
         &mut c,
         "SELECT bgw_run('SELECT 1 AS one', every => '200ms')",
     );
     let r = result(&mut c, recurring);
     assert_eq!(
-        (
-            r["status"].as_str(),
-            r["sqlstate"].as_str(),
-            r["error"].as_str()
-        ),
+        status_code_error(&r),
         (
             Some("failed"),
             Some("53000"),
@@ -503,19 +484,11 @@ fn without_free_slots_runs_fail_with_53000_and_recurring_jobs_retry() {
     // for the logical replication launcher, and one for a run.
     let (cluster, mut c) = start_with_extension(&[BASE, &["max_worker_processes = 3"]].concat());
     let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
-    wait_until("the blocking job to run", T, || {
-        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&blocker])
-            .unwrap()
-            .get::<_, Option<i32>>(0)
-    });
+    wait_until("the blocking job to run", T, || job_pid(&mut c, blocker));
     let job = run(&mut c, "SELECT bgw_run('SELECT 1')");
     let r = result(&mut c, job);
     assert_eq!(
-        (
-            r["status"].as_str(),
-            r["sqlstate"].as_str(),
-            r["error"].as_str()
-        ),
+        status_code_error(&r),
         (
             Some("failed"),
             Some("53000"),
@@ -535,11 +508,7 @@ fn runs_survive_restarts_and_a_crash_marks_unfinished_runs_failed() {
     assert_eq!(result(&mut c, done)["status"], "succeeded");
     let recurring = run(&mut c, "SELECT bgw_run('SELECT 1', every => '200ms')");
     let sleeper = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
-    wait_until("the sleeping job to run", T, || {
-        c.query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&sleeper])
-            .unwrap()
-            .get::<_, Option<i32>>(0)
-    });
+    wait_until("the sleeping job to run", T, || job_pid(&mut c, sleeper));
     drop(c);
 
     // A crash: a backend killed with SIGKILL makes the postmaster reinitialize.
