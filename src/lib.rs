@@ -1,46 +1,46 @@
 //! bgworker_rs: PostgreSQL background workers in safe Rust.
 //!
 //! `_PG_init` reads like a table of contents: settings, then, when the
-//! library is preloaded, the shared-memory registry and the static workers. Dynamic workers are started from
-//! SQL by `bgw_launch()`; every worker runs the worker_spi port.
+//! library is preloaded, shared memory and the static workers.
+//!
+//! The layers, each allowed to use only those below it:
+//! - `api`: the SQL functions;
+//! - `workers`: one file per kind of worker, and their registration;
+//! - `store` (the extension's tables) and `access` (who may act as whom);
+//! - `shmem`: the worker registry and the job slots;
+//! - `settings`: the GUCs;
+//! - `pg`: the thin unsafe layer over `pg_sys`.
 
-mod args;
-mod errors;
+mod access;
+mod api;
 mod faults;
-mod gucs;
-mod job_slots;
-mod job_worker;
-mod jobs;
-mod launch;
-mod manage;
-mod monitor;
-mod registration;
-mod registry;
-mod scheduler;
-mod toolkit;
-mod worker_spi;
+mod pg;
+mod settings;
+mod shmem;
+mod store;
+mod workers;
 
 ::pgrx::pg_module_magic!();
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    let preloading = toolkit::preloading();
-    gucs::init(preloading);
+    let preloading = pg::preloading();
+    settings::init(preloading);
     if preloading {
-        toolkit::install_shmem_hooks(shmem_request, shmem_startup);
-        registration::register_static_workers();
+        pg::install_shmem_hooks(shmem_request, shmem_startup);
+        workers::registration::register_static_workers();
     }
 }
 
 /// Shared memory: the registry of workers, and the job slots.
 fn shmem_request() {
-    registry::request();
-    job_slots::request();
+    shmem::registry::request();
+    shmem::job_slots::request();
 }
 
 fn shmem_startup() {
-    registry::startup();
-    job_slots::startup();
+    shmem::registry::startup();
+    shmem::job_slots::startup();
 }
 
 pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);

@@ -106,20 +106,5 @@ pub fn init(preloading: bool) {
     // Test builds only; must be defined before the prefix is reserved, which
     // drops every placeholder not defined by then.
     crate::faults::init();
-    crate::toolkit::reserve_guc_prefix(c"bgworker_rs");
-}
-
-/// Connects a static worker (and the monitor) to `bgworker_rs.database` as
-/// `bgworker_rs.role`, read when the worker starts.
-pub fn connect_as_configured() {
-    use crate::toolkit::{self, Connection};
-    let database = DATABASE.get().unwrap_or_else(|| c"postgres".to_owned());
-    let role = ROLE.get();
-    toolkit::connect(
-        &Connection::Names {
-            database: &database,
-            role: role.as_deref(),
-        },
-        0,
-    );
+    crate::pg::reserve_guc_prefix(c"bgworker_rs");
 }

@@ -4,9 +4,9 @@
 //! logs when that changes (a standby promoted). It shows in `bgw_list()` as
 //! kind 'monitor', index 0.
 
-use crate::gucs;
-use crate::registry::{self, Kind};
-use crate::toolkit;
+use crate::pg;
+use crate::settings;
+use crate::shmem::{Kind, registry};
 use pgrx::prelude::*;
 
 const QUERY: &std::ffi::CStr = c"SELECT pg_is_in_recovery()";
@@ -14,18 +14,18 @@ const QUERY: &std::ffi::CStr = c"SELECT pg_is_in_recovery()";
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn bgworker_rs_monitor_main(_main_arg: pg_sys::Datum) {
-    toolkit::capture_errors();
+    pg::capture_errors();
     registry::enter(Kind::Monitor, 0, 0, 0, None);
-    toolkit::install_signal_handlers();
-    gucs::connect_as_configured();
+    pg::install_signal_handlers();
+    super::connect_as_configured();
 
     let mut in_recovery = server_in_recovery();
     log!("bgworker_rs monitor started; server in recovery: {in_recovery}");
     registry::report_running();
     loop {
-        toolkit::wait_latch(gucs::NAPTIME_MS.get().into(), toolkit::worker_wait_event());
+        pg::wait_latch(settings::NAPTIME_MS.get().into(), pg::worker_wait_event());
         pg_sys::check_for_interrupts!();
-        toolkit::reload_config_if_requested();
+        pg::reload_config_if_requested();
         let now = server_in_recovery();
         if now != in_recovery {
             log!("bgworker_rs monitor: server in recovery: {now}");
@@ -40,7 +40,7 @@ pub extern "C-unwind" fn bgworker_rs_monitor_main(_main_arg: pg_sys::Datum) {
 /// TransactionIds during recovery"); `select` on a fresh connection is
 /// read-only.
 fn server_in_recovery() -> bool {
-    toolkit::in_transaction(QUERY, || {
+    pg::in_transaction(QUERY, || {
         Spi::connect(|client| {
             client
                 .select(QUERY.to_str().unwrap_or_default(), Some(1), &[])?

@@ -3,9 +3,10 @@
 //! through `RegisterDynamicBackgroundWorker`; only the name, type, restart
 //! policy and `bgw_extra` differ.
 
-use crate::gucs;
-use crate::registry::Ticket;
-use crate::toolkit::{self, RawHandle};
+use crate::pg::{self, RawHandle};
+use crate::settings;
+use crate::shmem::Kind;
+use crate::shmem::registry::Ticket;
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -19,67 +20,6 @@ pub const JOB_FUNCTION: &str = "bgworker_rs_job_main";
 
 /// `bgw_extra` is 128 bytes and read back as a NUL-terminated string.
 const EXTRA_CAPACITY: usize = 127;
-
-/// The kinds of worker; also stored in the shared-memory registry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
-    /// worker_spi port, registered from `_PG_init`.
-    #[default]
-    Static,
-    /// worker_spi port, started by `bgw_launch()`.
-    Dynamic,
-    /// Read-only, also on a hot standby (`bgworker_rs.monitor`).
-    Monitor,
-    /// Starts the runs of SQL jobs (`bgworker_rs.max_jobs` > 0).
-    Scheduler,
-    /// One run of a SQL job, started by the scheduler; index = job id.
-    Job,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Static => "static",
-            Kind::Dynamic => "dynamic",
-            Kind::Monitor => "monitor",
-            Kind::Scheduler => "scheduler",
-            Kind::Job => "job",
-        }
-    }
-
-    pub fn worker_name(self, index: i32) -> String {
-        match self {
-            Kind::Static => format!("bgworker_rs worker {index}"),
-            Kind::Dynamic => format!("bgworker_rs dynamic worker {index}"),
-            Kind::Monitor => "bgworker_rs monitor".to_string(),
-            Kind::Scheduler => "bgworker_rs job scheduler".to_string(),
-            Kind::Job => format!("bgworker_rs job {index}"),
-        }
-    }
-
-    pub fn worker_type(self) -> &'static str {
-        match self {
-            Kind::Static => "bgworker_rs",
-            Kind::Dynamic => "bgworker_rs dynamic",
-            Kind::Monitor => "bgworker_rs monitor",
-            Kind::Scheduler => "bgworker_rs job scheduler",
-            Kind::Job => "bgworker_rs job",
-        }
-    }
-
-    /// Workers of one family share the index space: two live workers of the
-    /// same family never have the same index. Static and dynamic workers are
-    /// one family, since index N means `schemaN` for both.
-    pub fn family(self) -> u8 {
-        match self {
-            Kind::Static | Kind::Dynamic => 0,
-            Kind::Monitor => 1,
-            Kind::Scheduler => 2,
-            Kind::Job => 3,
-        }
-    }
-}
 
 /// What a dynamic worker receives in `bgw_extra`: the database and role,
 /// resolved to OIDs by the launching backend, the connection flags, and the
@@ -105,6 +45,18 @@ impl ConnectArgs {
             "ConnectArgs does not fit in bgw_extra"
         );
         text
+    }
+
+    /// What this worker was registered with; `None` for a static worker.
+    /// A malformed `bgw_extra` ends the worker (FATAL).
+    pub fn of_this_worker() -> Option<ConnectArgs> {
+        Self::decode(&pg::worker_extra()).unwrap_or_else(|e| {
+            pgrx::ereport!(
+                FATAL,
+                pgrx::PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("malformed bgw_extra: {e}")
+            );
+        })
     }
 
     /// `None` for an empty `bgw_extra` (a static worker).
@@ -138,19 +90,19 @@ fn template(index: i32, kind: Kind) -> BackgroundWorkerBuilder {
 /// Registers `bgworker_rs.total_workers` static workers, and the monitor if
 /// `bgworker_rs.monitor` is on. Only valid from `_PG_init` while preloading.
 pub fn register_static_workers() {
-    let restart = match gucs::RESTART_TIME_S.get() {
+    let restart = match settings::RESTART_TIME_S.get() {
         secs if secs < 0 => None, // BGW_NEVER_RESTART
         secs => Some(Duration::from_secs(secs as u64)),
     };
-    for index in 1..=gucs::TOTAL_WORKERS.get() {
+    for index in 1..=settings::TOTAL_WORKERS.get() {
         template(index, Kind::Static)
             .set_restart_time(restart)
             .load();
     }
-    if gucs::MONITOR.get() {
+    if settings::MONITOR.get() {
         template(0, Kind::Monitor).set_restart_time(restart).load();
     }
-    if gucs::MAX_JOBS.get() > 0 {
+    if settings::MAX_JOBS.get() > 0 {
         template(0, Kind::Scheduler)
             .set_restart_time(restart)
             .load();
@@ -169,8 +121,8 @@ pub fn register_dynamic_worker(
     let builder = template(index, kind)
         .set_restart_time(restart_after)
         .set_extra(&args.encode())
-        .set_notify_pid(toolkit::my_pid());
-    toolkit::register_dynamic_worker((&builder).into())
+        .set_notify_pid(pg::my_pid());
+    pg::register_dynamic_worker((&builder).into())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Checks of SQL arguments shared by the functions: each bad value is an
 //! ERROR with its SQLSTATE, never a panic.
 
-use crate::errors::UserError;
+use crate::pg::UserError;
 use pgrx::prelude::*;
 use std::time::Duration;
 

@@ -12,12 +12,13 @@
 //!
 //! It then wakes `bgw_result()` waiters and sleeps until the next run is due.
 
-use crate::gucs;
-use crate::job_slots::{self, Outcome, Run, Slot, SlotState, Status};
-use crate::jobs::{self, Tables};
-use crate::registration::{self, ConnectArgs, Kind};
-use crate::registry::{self, Ticket};
-use crate::toolkit::{self, CapturedError, Connection, WorkerStatus};
+use crate::pg::{self, CapturedError, Connection, WorkerStatus};
+use crate::settings;
+use crate::shmem::Kind;
+use crate::shmem::job_slots::{self, Outcome, Run, Slot, SlotState, Status};
+use crate::shmem::registry::{self, Ticket};
+use crate::store::{self, Tables};
+use crate::workers::registration::{self, ConnectArgs};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::ffi::CString;
@@ -30,15 +31,15 @@ const MAX_SLEEP_MS: i64 = 60_000;
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
-    toolkit::capture_errors();
+    pg::capture_errors();
     registry::enter(Kind::Scheduler, 0, 0, 0, None);
-    toolkit::install_signal_handlers();
+    pg::install_signal_handlers();
     // As the bootstrap superuser: the scheduler writes the job tables and
     // checks each job's rights itself.
-    let database = gucs::DATABASE
+    let database = settings::DATABASE
         .get()
         .unwrap_or_else(|| c"postgres".to_owned());
-    toolkit::connect(
+    pg::connect(
         &Connection::Names {
             database: &database,
             role: None,
@@ -49,12 +50,12 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
     log!(
         "bgworker_rs job scheduler started in database \"{}\" with {} job slots",
         database.to_string_lossy(),
-        gucs::MAX_JOBS.get()
+        settings::MAX_JOBS.get()
     );
 
     let mut first = true;
     loop {
-        let tick = toolkit::in_transaction(c"bgworker_rs job scheduler", || tick(first))
+        let tick = pg::in_transaction(c"bgworker_rs job scheduler", || tick(first))
             .unwrap_or_else(|e| error!("bgworker_rs job scheduler: {e}"));
         first = false;
         for (slot, job, run) in &tick.recorded {
@@ -67,9 +68,9 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
         } else {
             tick.next_due_ms.clamp(0, MAX_SLEEP_MS)
         };
-        toolkit::wait_latch(sleep_ms, toolkit::worker_wait_event());
+        pg::wait_latch(sleep_ms, pg::worker_wait_event());
         pg_sys::check_for_interrupts!();
-        toolkit::reload_config_if_requested();
+        pg::reload_config_if_requested();
         registry::report_iteration();
     }
 }
@@ -93,9 +94,9 @@ fn tick(first: bool) -> SpiResult<Tick> {
         let mut tick = Tick {
             recorded: Vec::new(),
             launches: Vec::new(),
-            next_due_ms: gucs::NAPTIME_MS.get().into(),
+            next_due_ms: settings::NAPTIME_MS.get().into(),
         };
-        let Some(t) = jobs::tables(client)? else {
+        let Some(t) = store::tables(client)? else {
             return Ok(tick); // CREATE EXTENSION has not run here yet
         };
         let busy = job_slots::busy();
@@ -190,7 +191,7 @@ fn finished(slot: &Slot, first: bool) -> Option<Outcome> {
             error: slot.error(),
             result: slot.result(),
         }),
-        SlotState::Launched => match toolkit::worker_status(slot.handle) {
+        SlotState::Launched => match pg::worker_status(slot.handle) {
             // Read the slot again: the worker may have finished meanwhile.
             WorkerStatus::Stopped => Some(match job_slots::get_done(slot) {
                 Some(done) => finished(&done, first)?,
@@ -225,7 +226,7 @@ fn ended_without_outcome(slot: &Slot) -> Outcome {
     let (status, error) = match entry.and_then(|e| e.last_error()) {
         _ if slot.cancel_requested => (Status::Cancelled, terminated("cancelled by bgw_cancel()")),
         Some(e) if e.sqlstate() == "57014" => {
-            let ran_ms = entry.map_or(0, |e| (toolkit::now() - e.started_at) / 1000);
+            let ran_ms = entry.map_or(0, |e| (pg::now() - e.started_at) / 1000);
             if slot.timeout_ms > 0 && ran_ms >= slot.timeout_ms.into() {
                 (Status::TimedOut, e)
             } else {
@@ -376,13 +377,13 @@ fn prepare(job: &Due) -> Result<Launch, CapturedError> {
     let oid_of = |name: &str, lookup: fn(&std::ffi::CStr) -> Option<pg_sys::Oid>| {
         CString::new(name).ok().and_then(|n| lookup(&n))
     };
-    let database = oid_of(&job.database, toolkit::database_oid).ok_or_else(|| {
+    let database = oid_of(&job.database, pg::database_oid).ok_or_else(|| {
         error(
             PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
             format!("database \"{}\" does not exist", job.database),
         )
     })?;
-    let role = oid_of(&job.role, toolkit::role_oid).ok_or_else(|| {
+    let role = oid_of(&job.role, pg::role_oid).ok_or_else(|| {
         error(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("role \"{}\" does not exist", job.role),
@@ -390,7 +391,7 @@ fn prepare(job: &Due) -> Result<Launch, CapturedError> {
     })?;
     // The creator's rights are checked again before every run, so a job
     // never keeps privileges its creator has lost.
-    let creator = oid_of(&job.created_by, toolkit::role_oid).ok_or_else(|| {
+    let creator = oid_of(&job.created_by, pg::role_oid).ok_or_else(|| {
         error(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!(
@@ -399,8 +400,8 @@ fn prepare(job: &Due) -> Result<Launch, CapturedError> {
             ),
         )
     })?;
-    let allowed = toolkit::is_role_superuser(creator)
-        || (toolkit::has_privs_of_role(creator, role) && toolkit::has_connect(database, creator));
+    let allowed = pg::is_role_superuser(creator)
+        || (pg::has_privs_of_role(creator, role) && pg::has_connect(database, creator));
     if !allowed {
         return Err(error(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -411,7 +412,7 @@ fn prepare(job: &Due) -> Result<Launch, CapturedError> {
         ));
     }
 
-    let index = jobs::registry_index(job.id);
+    let index = store::registry_index(job.id);
     let ticket = registry::claim_for_launch(Kind::Job, index, database.to_u32(), role.to_u32())
         .map_err(|_| no_slot("no bgworker_rs registry entry is free"))?;
     let run = Run {
@@ -426,7 +427,7 @@ fn prepare(job: &Due) -> Result<Launch, CapturedError> {
         registry::release(ticket);
         return Err(no_slot(&format!(
             "all {} job slots are in use (bgworker_rs.max_jobs)",
-            gucs::MAX_JOBS.get()
+            settings::MAX_JOBS.get()
         )));
     };
     Ok(Launch {
@@ -464,7 +465,7 @@ fn launch(launches: &[Launch]) -> bool {
                 registry::release(l.args.ticket);
                 let e = no_slot(&format!(
                     "all background worker slots are in use (max_worker_processes = {})",
-                    toolkit::max_worker_processes()
+                    pg::max_worker_processes()
                 ));
                 job_slots::finish(
                     l.slot,

@@ -3,10 +3,10 @@
 //! into the 'total' row in one SPI transaction.
 
 use crate::faults;
-use crate::gucs;
-use crate::registration::ConnectArgs;
-use crate::registry::{self, Kind};
-use crate::toolkit::{self, Connection};
+use crate::pg::{self, Connection};
+use crate::settings;
+use crate::shmem::{Kind, registry};
+use crate::workers::registration::ConnectArgs;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, quote_identifier};
 use std::ffi::{CStr, CString};
@@ -24,28 +24,19 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
     let index = main_arg.value() as i32;
     let schema = format!("schema{index}");
 
-    let args = match ConnectArgs::decode(&toolkit::worker_extra()) {
-        Ok(args) => args,
-        Err(e) => {
-            ereport!(
-                FATAL,
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("malformed bgw_extra: {e}")
-            );
-        }
-    };
+    let args = ConnectArgs::of_this_worker();
 
     // Register before connecting, so that a failed connection is recorded.
-    toolkit::capture_errors();
+    pg::capture_errors();
     match args {
         Some(a) => registry::enter(Kind::Dynamic, index, a.database, a.role, Some(a.ticket)),
         None => registry::enter(Kind::Static, index, 0, 0, None),
     }
 
-    toolkit::install_signal_handlers();
+    pg::install_signal_handlers();
     connect(args);
 
-    let name = toolkit::worker_name();
+    let name = pg::worker_name();
     log!("{name} initialized with {schema}.{TABLE}");
     initialize(index, &schema);
     registry::report_running();
@@ -57,12 +48,12 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
     let mut plan: Option<OwnedPreparedStatement> = None;
     let mut iteration: u64 = 0;
     loop {
-        toolkit::wait_latch(gucs::NAPTIME_MS.get().into(), toolkit::worker_wait_event());
+        pg::wait_latch(settings::NAPTIME_MS.get().into(), pg::worker_wait_event());
         pg_sys::check_for_interrupts!();
-        toolkit::reload_config_if_requested();
+        pg::reload_config_if_requested();
 
         iteration += 1;
-        let total = toolkit::in_transaction(fold, || {
+        let total = pg::in_transaction(fold, || {
             Spi::connect_mut(|client| {
                 let stmt = match plan.take() {
                     Some(stmt) => stmt,
@@ -91,14 +82,14 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
 
 fn connect(args: Option<ConnectArgs>) {
     match args {
-        Some(args) => toolkit::connect(
+        Some(args) => pg::connect(
             &Connection::Oids {
                 database: args.database.into(),
                 role: args.role.into(),
             },
             args.flags,
         ),
-        None => gucs::connect_as_configured(),
+        None => super::connect_as_configured(),
     }
 }
 
@@ -118,7 +109,7 @@ fn initialize(index: i32, schema: &str) {
     let create_table = format!(
         "CREATE TABLE {s}.{t} {columns}; CREATE UNIQUE INDEX {i} ON {s}.{t} (type) WHERE type = 'total'"
     );
-    toolkit::in_transaction(c"initializing bgworker_rs schema", || {
+    pg::in_transaction(c"initializing bgworker_rs schema", || {
         Spi::connect_mut(|client| {
             client.update(
                 "SELECT pg_advisory_xact_lock($1, $2)",

@@ -7,9 +7,9 @@
 //! Waiters in `bgw_result()` sleep on one condition variable, broadcast each
 //! time the scheduler has committed outcomes.
 
-use crate::gucs;
-use crate::registry::Ticket;
-use crate::toolkit::{self, CapturedError, RawHandle, SharedArray, SharedCondVar};
+use crate::pg::{self, CapturedError, RawHandle, SharedArray, SharedCondVar};
+use crate::settings;
+use crate::shmem::registry::Ticket;
 
 /// Longest statement a job may have, in bytes.
 pub const SQL_MAX: usize = 8192;
@@ -166,7 +166,7 @@ static SLOTS: SharedArray<Slot> = SharedArray::new(c"bgworker_rs job slots");
 static RECORDED: SharedCondVar = SharedCondVar::new(c"bgworker_rs job runs recorded");
 
 fn capacity() -> usize {
-    gucs::MAX_JOBS.get().max(0) as usize
+    settings::MAX_JOBS.get().max(0) as usize
 }
 
 pub fn request() {
@@ -276,7 +276,7 @@ pub fn busy() -> Vec<(usize, Slot)> {
 
 /// A run worker finds its slot by its registry entry and notes its pid.
 pub fn take_for_worker(registry: Ticket) -> Option<(usize, Slot)> {
-    let pid = toolkit::my_pid();
+    let pid = pg::my_pid();
     SLOTS.write(|slots| {
         let (i, s) = slots.iter_mut().enumerate().find(|(_, s)| {
             matches!(s.state, SlotState::Reserved | SlotState::Launched)

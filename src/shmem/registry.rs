@@ -7,138 +7,15 @@
 //! 'stopped' or 'failed', for inspection, until its slot is needed again.
 //! Crash recovery reinitializes shared memory, and with it the registry.
 
-use crate::toolkit::{self, CapturedError, RawHandle, SharedArray};
-
-const ERROR_LEN: usize = 256;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    #[default]
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Failed,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Running => "running",
-            State::Stopping => "stopping",
-            State::Stopped => "stopped",
-            State::Failed => "failed",
-        }
-    }
-
-    pub fn is_active(self) -> bool {
-        matches!(self, State::Starting | State::Running | State::Stopping)
-    }
-}
-
-pub use crate::registration::Kind;
-
-/// One worker, as kept in shared memory: plain data only.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Entry {
-    pub in_use: bool,
-    pub kind: Kind,
-    pub state: State,
-    pub index: i32,
-    /// Bumped at every claim, so that a worker or launcher holding an old
-    /// copy never writes into an entry that has been reused.
-    pub epoch: u64,
-    pub pid: i32,
-    pub last_pid: i32,
-    pub database: u32,
-    pub role: u32,
-    pub started_at: i64,
-    /// Process starts since the entry was claimed; restarts = starts - 1.
-    pub starts: i32,
-    pub iterations: u64,
-    /// Backend waiting in bgw_launch for this worker to come up, woken by it.
-    pub launcher_pid: i32,
-    /// Set once registered; `has_handle` says whether `handle` is valid.
-    /// (Plain fields, not an `Option`: this struct must have a known layout.)
-    pub has_handle: bool,
-    pub handle: RawHandle,
-    /// The launcher gave up on this worker (failed or timed out start): a
-    /// late worker must not take the entry, nor overwrite the failure.
-    pub abandoned: bool,
-    pub error_code: i32,
-    pub error_len: u16,
-    pub error: [u8; ERROR_LEN],
-}
-
-impl Default for Entry {
-    fn default() -> Self {
-        Entry {
-            in_use: false,
-            kind: Kind::Static,
-            state: State::Stopped,
-            index: 0,
-            epoch: 0,
-            pid: 0,
-            last_pid: 0,
-            database: 0,
-            role: 0,
-            started_at: 0,
-            starts: 0,
-            iterations: 0,
-            launcher_pid: 0,
-            has_handle: false,
-            handle: RawHandle::default(),
-            abandoned: false,
-            error_code: 0,
-            error_len: 0,
-            error: [0; ERROR_LEN],
-        }
-    }
-}
-
-impl Entry {
-    pub fn last_error(&self) -> Option<CapturedError> {
-        (self.error_len > 0 || self.error_code != 0).then(|| CapturedError {
-            sqlerrcode: self.error_code,
-            message: String::from_utf8_lossy(&self.error[..self.error_len as usize]).into_owned(),
-        })
-    }
-
-    fn set_error(&mut self, e: &CapturedError) {
-        let mut end = e.message.len().min(ERROR_LEN);
-        while !e.message.is_char_boundary(end) {
-            end -= 1;
-        }
-        self.error[..end].copy_from_slice(&e.message.as_bytes()[..end]);
-        self.error_len = end as u16;
-        self.error_code = e.sqlerrcode;
-    }
-
-    pub fn handle(&self) -> Option<RawHandle> {
-        self.has_handle.then_some(self.handle)
-    }
-
-    pub fn restarts(&self) -> i32 {
-        (self.starts - 1).max(0)
-    }
-
-    /// The pid to show: the live one, else the last one.
-    pub fn shown_pid(&self) -> i32 {
-        if self.pid != 0 {
-            self.pid
-        } else {
-            self.last_pid
-        }
-    }
-}
+use super::Kind;
+pub use super::entry::{Entry, State};
+use super::registry_crash as crash;
+use crate::pg::{self, CapturedError, RawHandle, SharedArray};
 
 static REGISTRY: SharedArray<Entry> = SharedArray::new(c"bgworker_rs registry");
 
 fn capacity() -> usize {
-    toolkit::max_worker_processes().max(1) as usize
+    pg::max_worker_processes().max(1) as usize
 }
 
 /// From the shmem_request_hook.
@@ -151,116 +28,13 @@ pub fn request() {
 /// and save it again at the next `shmem_exit`.
 pub fn startup() {
     REGISTRY.attach(capacity(), |entries| {
-        let saved = SAVED
-            .lock()
-            .ok()
-            .and_then(|mut s| s.take())
-            .unwrap_or_default();
-        for (slot, entry) in entries.iter_mut().zip(saved) {
+        for (slot, entry) in entries.iter_mut().zip(crash::take_saved()) {
             *slot = entry;
         }
     });
-    if toolkit::is_postmaster() {
-        toolkit::on_postmaster_shmem_exit(save);
+    if pg::is_postmaster() {
+        pg::on_postmaster_shmem_exit(|| crash::save(&REGISTRY.copy_bytes_unlocked()));
     }
-}
-
-/// What the postmaster kept of the registry across a crash (postmaster-local).
-static SAVED: std::sync::Mutex<Option<Vec<Entry>>> = std::sync::Mutex::new(None);
-
-/// Runs in the postmaster at `shmem_exit`, when every other process has
-/// exited. Shared memory may be corrupt after a crash: entries are decoded
-/// from bytes and checked, and a bad one is dropped. Workers that were
-/// running are marked failed; those that come back (static ones, dynamic ones
-/// with `restart_after`) take their entries again, counting a restart.
-fn save() {
-    let bytes = REGISTRY.copy_bytes_unlocked();
-    let lost = CapturedError {
-        sqlerrcode: pgrx::PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN as i32,
-        message: "lost when the server reinitialized after a crash".into(),
-    };
-    let saved = bytes
-        .chunks_exact(std::mem::size_of::<Entry>())
-        .map(|chunk| match decode(chunk) {
-            Some(mut e) if e.in_use => {
-                e.has_handle = false; // the postmaster renumbers worker slots
-                e.launcher_pid = 0;
-                if e.state.is_active() {
-                    if e.pid != 0 {
-                        e.last_pid = e.pid;
-                    }
-                    e.pid = 0;
-                    e.state = State::Failed;
-                    e.set_error(&lost);
-                }
-                e
-            }
-            _ => Entry::default(),
-        })
-        .collect();
-    if let Ok(mut s) = SAVED.lock() {
-        *s = Some(saved);
-    }
-}
-
-/// An entry from raw bytes, or `None` if a field holds an impossible value.
-fn decode(b: &[u8]) -> Option<Entry> {
-    use std::mem::offset_of;
-    let u8_at = |o: usize| b.get(o).copied();
-    let arr = |o: usize, n: usize| b.get(o..o + n);
-    let i32_at = |o: usize| arr(o, 4).map(|s| i32::from_ne_bytes(s.try_into().unwrap_or([0; 4])));
-    let u32_at = |o: usize| arr(o, 4).map(|s| u32::from_ne_bytes(s.try_into().unwrap_or([0; 4])));
-    let u64_at = |o: usize| arr(o, 8).map(|s| u64::from_ne_bytes(s.try_into().unwrap_or([0; 8])));
-    let i64_at = |o: usize| arr(o, 8).map(|s| i64::from_ne_bytes(s.try_into().unwrap_or([0; 8])));
-    let bool_at = |o: usize| match u8_at(o)? {
-        0 => Some(false),
-        1 => Some(true),
-        _ => None,
-    };
-    let kind = match u8_at(offset_of!(Entry, kind))? {
-        0 => Kind::Static,
-        1 => Kind::Dynamic,
-        2 => Kind::Monitor,
-        3 => Kind::Scheduler,
-        4 => Kind::Job,
-        _ => return None,
-    };
-    let state = match u8_at(offset_of!(Entry, state))? {
-        0 => State::Starting,
-        1 => State::Running,
-        2 => State::Stopping,
-        3 => State::Stopped,
-        4 => State::Failed,
-        _ => return None,
-    };
-    let error_len =
-        arr(offset_of!(Entry, error_len), 2).map(|s| u16::from_ne_bytes([s[0], s[1]]))?;
-    if error_len as usize > ERROR_LEN {
-        return None;
-    }
-    let mut error = [0u8; ERROR_LEN];
-    error.copy_from_slice(arr(offset_of!(Entry, error), ERROR_LEN)?);
-    Some(Entry {
-        in_use: bool_at(offset_of!(Entry, in_use))?,
-        kind,
-        state,
-        index: i32_at(offset_of!(Entry, index))?,
-        epoch: u64_at(offset_of!(Entry, epoch))?,
-        pid: i32_at(offset_of!(Entry, pid))?,
-        last_pid: i32_at(offset_of!(Entry, last_pid))?,
-        database: u32_at(offset_of!(Entry, database))?,
-        role: u32_at(offset_of!(Entry, role))?,
-        started_at: i64_at(offset_of!(Entry, started_at))?,
-        starts: i32_at(offset_of!(Entry, starts))?,
-        iterations: u64_at(offset_of!(Entry, iterations))?,
-        launcher_pid: 0,
-        has_handle: false,
-        handle: RawHandle::default(),
-        abandoned: bool_at(offset_of!(Entry, abandoned))?,
-        error_code: i32_at(offset_of!(Entry, error_code))?,
-        error_len,
-        error,
-    })
 }
 
 pub fn is_available() -> bool {
@@ -287,10 +61,7 @@ pub enum ClaimError {
 
 fn is_stale_start(e: &Entry) -> bool {
     // A launch whose backend died before the worker was registered.
-    e.state == State::Starting
-        && !e.has_handle
-        && e.pid == 0
-        && !toolkit::process_exists(e.launcher_pid)
+    e.state == State::Starting && !e.has_handle && e.pid == 0 && !pg::process_exists(e.launcher_pid)
 }
 
 /// Picks a slot for `index` in the family of `kind`: the entry it already
@@ -328,7 +99,7 @@ pub fn claim_for_launch(
     database: u32,
     role: u32,
 ) -> Result<Ticket, ClaimError> {
-    let launcher = toolkit::my_pid();
+    let launcher = pg::my_pid();
     REGISTRY.write(|entries| {
         let slot = pick_slot(entries, kind, index)?;
         let epoch = entries[slot].epoch.wrapping_add(1);
@@ -407,8 +178,8 @@ pub enum Attach {
 /// A worker process takes its entry: the one its launcher claimed, or for a
 /// static worker (or after crash recovery wiped the registry) one by index.
 pub fn attach(kind: Kind, index: i32, database: u32, role: u32, ticket: Option<Ticket>) -> Attach {
-    let pid = toolkit::my_pid();
-    let now = toolkit::now();
+    let pid = pg::my_pid();
+    let now = pg::now();
     REGISTRY.write(|entries| {
         let claimed = ticket.filter(|t| {
             entries
@@ -464,7 +235,7 @@ fn set_running(ticket: Ticket, database: u32, role: u32) {
         std::mem::take(&mut e.launcher_pid)
     });
     if let Some(pid) = launcher {
-        toolkit::wake_backend(pid);
+        pg::wake_backend(pid);
     }
 }
 
@@ -507,7 +278,7 @@ pub fn detach(ticket: Ticket, error: Option<CapturedError>) {
         std::mem::take(&mut e.launcher_pid)
     });
     if let Some(pid) = launcher {
-        toolkit::wake_backend(pid);
+        pg::wake_backend(pid);
     }
 }
 
@@ -569,19 +340,16 @@ pub fn enter(kind: Kind, index: i32, database: u32, role: u32, ticket: Option<Ti
     match attach(kind, index, database, role, ticket) {
         Attach::Attached(ticket) => {
             let _ = MY_TICKET.set(ticket);
-            toolkit::on_exit(|_code| {
+            pg::on_exit(|_code| {
                 if let Some(&ticket) = MY_TICKET.get() {
-                    detach(ticket, toolkit::last_error());
+                    detach(ticket, pg::last_error());
                 }
             });
         }
         Attach::Abandoned => {
             // Exit code 0: the postmaster forgets the worker for good.
-            pgrx::log!(
-                "{}: its launcher gave up on it; exiting",
-                toolkit::worker_name()
-            );
-            toolkit::exit_quietly();
+            pgrx::log!("{}: its launcher gave up on it; exiting", pg::worker_name());
+            pg::exit_quietly();
         }
         Attach::IndexInUse(pid) => {
             pgrx::ereport!(
@@ -598,8 +366,8 @@ pub fn report_running() {
     if let Some(&ticket) = MY_TICKET.get() {
         set_running(
             ticket,
-            toolkit::current_database().to_u32(),
-            toolkit::current_user().to_u32(),
+            pg::current_database().to_u32(),
+            pg::current_user().to_u32(),
         );
     }
 }
@@ -608,52 +376,5 @@ pub fn report_running() {
 pub fn report_iteration() {
     if let Some(&ticket) = MY_TICKET.get() {
         count_iteration(ticket);
-    }
-}
-
-#[cfg(test)]
-mod unit_tests {
-    use super::*;
-    use std::mem::{offset_of, size_of};
-
-    #[test]
-    fn decode_accepts_zeroes_and_rejects_impossible_values() {
-        let zero = vec![0u8; size_of::<Entry>()];
-        let entry = decode(&zero).expect("zeroes are a valid, unused entry");
-        assert!(!entry.in_use && entry.state == State::Starting);
-
-        let mut bad = zero.clone();
-        bad[offset_of!(Entry, state)] = 9;
-        assert!(decode(&bad).is_none(), "state out of range");
-        let mut bad = zero.clone();
-        bad[offset_of!(Entry, kind)] = 5;
-        assert!(decode(&bad).is_none(), "kind out of range");
-        let mut bad = zero.clone();
-        bad[offset_of!(Entry, in_use)] = 2;
-        assert!(decode(&bad).is_none(), "not a bool");
-        let mut bad = zero.clone();
-        let at = offset_of!(Entry, error_len);
-        bad[at..at + 2].copy_from_slice(&(ERROR_LEN as u16 + 1).to_ne_bytes());
-        assert!(decode(&bad).is_none(), "error longer than its buffer");
-        let cut = offset_of!(Entry, error) + 10; // inside the error buffer
-        assert!(decode(&zero[..cut]).is_none(), "short input");
-    }
-
-    #[test]
-    fn decode_reads_fields_back() {
-        let mut bytes = vec![0u8; size_of::<Entry>()];
-        bytes[offset_of!(Entry, in_use)] = 1;
-        bytes[offset_of!(Entry, kind)] = 1;
-        bytes[offset_of!(Entry, state)] = 4;
-        let at = offset_of!(Entry, index);
-        bytes[at..at + 4].copy_from_slice(&42i32.to_ne_bytes());
-        let at = offset_of!(Entry, epoch);
-        bytes[at..at + 8].copy_from_slice(&7u64.to_ne_bytes());
-        let e = decode(&bytes).expect("valid entry");
-        assert_eq!(
-            (e.in_use, e.kind, e.state, e.index, e.epoch),
-            (true, Kind::Dynamic, State::Failed, 42, 7)
-        );
-        assert!(!e.has_handle, "handles never survive a crash");
     }
 }

@@ -4,10 +4,10 @@
 //! slot. An error ends the process, as in any background worker; the
 //! scheduler then takes the error from the registry.
 
-use crate::job_slots::{self, Outcome, RESULT_MAX, Status};
-use crate::registration::ConnectArgs;
-use crate::registry::{self, Kind};
-use crate::toolkit::{self, Connection};
+use crate::pg::{self, Connection};
+use crate::shmem::job_slots::{self, Outcome, RESULT_MAX, Status};
+use crate::shmem::{Kind, registry};
+use crate::workers::registration::ConnectArgs;
 use pgrx::prelude::*;
 use pgrx::spi::SpiTupleTable;
 use serde_json::{Map, Value};
@@ -18,25 +18,15 @@ use std::ffi::CString;
 pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
     // The scheduler passes the registry index (derived from the job id).
     let index = main_arg.value() as i32;
-    let args = match ConnectArgs::decode(&toolkit::worker_extra()) {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            ereport!(
-                FATAL,
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                "a bgworker_rs job worker needs its bgw_extra"
-            );
-        }
-        Err(e) => {
-            ereport!(
-                FATAL,
-                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                format!("malformed bgw_extra: {e}")
-            );
-        }
+    let Some(args) = ConnectArgs::of_this_worker() else {
+        ereport!(
+            FATAL,
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "a bgworker_rs job worker needs its bgw_extra"
+        );
     };
 
-    toolkit::capture_errors();
+    pg::capture_errors();
     registry::enter(
         Kind::Job,
         index,
@@ -45,12 +35,12 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
         Some(args.ticket),
     );
     let Some((slot, job)) = job_slots::take_for_worker(args.ticket) else {
-        log!("{}: its job slot is gone; exiting", toolkit::worker_name());
-        toolkit::exit_quietly();
+        log!("{}: its job slot is gone; exiting", pg::worker_name());
+        pg::exit_quietly();
     };
 
-    toolkit::install_signal_handlers();
-    toolkit::connect(
+    pg::install_signal_handlers();
+    pg::connect(
         &Connection::Oids {
             database: args.database.into(),
             role: args.role.into(),
@@ -67,9 +57,9 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
             .into_boxed_c_str(),
     );
     if job.timeout_ms > 0 {
-        toolkit::arm_statement_timeout(job.timeout_ms);
+        pg::arm_statement_timeout(job.timeout_ms);
     }
-    let (rows, result) = toolkit::in_transaction(shown, || {
+    let (rows, result) = pg::in_transaction(shown, || {
         Spi::connect_mut(|client| {
             let table = client.update(sql.as_str(), None, &[])?;
             let rows = table.len() as i64;
@@ -89,7 +79,7 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
     );
     // Exit code 0: the postmaster forgets the worker; it notifies the
     // scheduler (bgw_notify_pid), which records the outcome.
-    toolkit::exit_quietly();
+    pg::exit_quietly();
 }
 
 /// The first rows of the result as a JSON array of objects, as many as fit
@@ -120,7 +110,7 @@ fn first_rows(mut table: SpiTupleTable<'_>) -> String {
         let mut row = Map::new();
         for (i, (name, &type_oid)) in names.iter().zip(&types).enumerate() {
             let value = match table.get_datum_by_ordinal(i + 1) {
-                Ok(Some(datum)) => json_value(toolkit::output_text(datum, type_oid), type_oid),
+                Ok(Some(datum)) => json_value(pg::output_text(datum, type_oid), type_oid),
                 _ => Value::Null,
             };
             row.insert(name.clone(), value);

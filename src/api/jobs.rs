@@ -4,13 +4,15 @@
 //! `bgw_job_runs`, in the database the scheduler connects to
 //! (`bgworker_rs.database`); a job may run in any database.
 
-use crate::errors::UserError;
-use crate::job_slots::{self, SQL_MAX};
-use crate::registry::{self, Kind};
-use crate::toolkit;
-use crate::{args, gucs, launch, manage};
+use crate::access;
+use crate::api::{args, launch, manage};
+use crate::pg;
+use crate::pg::UserError;
+use crate::settings;
+use crate::shmem::job_slots::{self, SQL_MAX};
+use crate::shmem::{Kind, registry};
+use crate::store::{first_value, installed_tables};
 use pgrx::prelude::*;
-use pgrx::spi::{SpiClient, quote_identifier};
 use std::ffi::CStr;
 use std::time::Duration;
 
@@ -69,59 +71,6 @@ REVOKE ALL ON bgw_job_defs, bgw_job_runs, bgw_jobs FROM PUBLIC;
     requires = [bgw_job_pid],
 );
 
-/// The extension's tables, schema-qualified and quoted.
-pub struct Tables {
-    pub defs: String,
-    pub runs: String,
-}
-
-/// `None` where the extension is not installed (the scheduler's database
-/// may not have it yet).
-pub fn tables(client: &SpiClient<'_>) -> Result<Option<Tables>, pgrx::spi::Error> {
-    let schema = client
-        .select(
-            "SELECT n.nspname::text FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace \
-             WHERE e.extname = 'bgworker_rs'",
-            None,
-            &[],
-        )
-        .and_then(first_value::<String>)?;
-    Ok(schema.map(|s| {
-        let s = quote_identifier(s);
-        Tables {
-            defs: format!("{s}.bgw_job_defs"),
-            runs: format!("{s}.bgw_job_runs"),
-        }
-    }))
-}
-
-/// The first column of the first row; `None` also for no row at all.
-pub fn first_value<T: FromDatum + IntoDatum>(
-    table: pgrx::spi::SpiTupleTable<'_>,
-) -> Result<Option<T>, pgrx::spi::Error> {
-    if table.is_empty() {
-        Ok(None)
-    } else {
-        table.first().get_one::<T>()
-    }
-}
-
-/// The tables where the caller runs one of the extension's functions.
-fn installed_tables(client: &SpiClient<'_>) -> Result<Tables, pgrx::spi::Error> {
-    Ok(tables(client)?.unwrap_or_else(|| {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "extension \"bgworker_rs\" is not installed in this database",
-        )
-        .raise()
-    }))
-}
-
-/// The registry index of job `job`'s runs: the job id while it fits in int4.
-pub fn registry_index(job: i64) -> i32 {
-    ((job - 1).rem_euclid(i32::MAX as i64) + 1) as i32
-}
-
 /// An interval that must be greater than zero; NULL stays `None`.
 fn positive(value: Option<Interval>, name: &str) -> Option<Duration> {
     let d = args::duration(value, name)?;
@@ -149,11 +98,11 @@ fn require_jobs() {
         .hint("Set bgworker_rs.max_jobs in postgresql.conf and restart the server.")
         .raise();
     }
-    let home = gucs::DATABASE
+    let home = settings::DATABASE
         .get()
         .map(|d| d.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let here = toolkit::database_name(toolkit::current_database());
+    let here = pg::database_name(pg::current_database());
     if here != home {
         UserError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -170,7 +119,7 @@ fn require_jobs() {
 fn wake_scheduler_at_commit() {
     if let Some(pid) = registry::live_pid(Kind::Scheduler) {
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
-            toolkit::wake_backend(pid)
+            pg::wake_backend(pid)
         });
     }
 }
@@ -217,20 +166,20 @@ fn bgw_run(
         .raise();
     }
     require_jobs();
-    if toolkit::recovery_in_progress() {
+    if pg::recovery_in_progress() {
         UserError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "cannot create a bgworker_rs job while the server is in recovery",
         )
         .raise();
     }
-    let database = database.map_or_else(toolkit::current_database, launch::resolve_database);
-    let role = role.map_or_else(toolkit::current_user, launch::resolve_role);
-    launch::check_permissions(database, role, 0);
-    let me = toolkit::role_name(toolkit::current_user());
-    let (database, role) = (toolkit::database_name(database), toolkit::role_name(role));
+    let database = database.map_or_else(pg::current_database, launch::resolve_database);
+    let role = role.map_or_else(pg::current_user, launch::resolve_role);
+    access::check_permissions(database, role, 0);
+    let me = pg::role_name(pg::current_user());
+    let (database, role) = (pg::database_name(database), pg::role_name(role));
 
-    let id = toolkit::as_table_owner(|| {
+    let id = pg::as_table_owner(|| {
         Spi::connect_mut(|client| {
             let t = installed_tables(client)?;
             client
@@ -272,7 +221,7 @@ struct JobRow {
 }
 
 fn job_row(job: i64) -> JobRow {
-    let row = toolkit::as_table_owner(|| {
+    let row = pg::as_table_owner(|| {
         Spi::connect_mut(|client| {
             let t = installed_tables(client)?;
             let table = client.update(
@@ -310,14 +259,14 @@ fn job_row(job: i64) -> JobRow {
     };
     // Superusers, and roles with the privileges of the job's creator or of
     // the role it runs as.
-    let me = toolkit::current_user();
+    let me = pg::current_user();
     let privs_of = |name: &str| {
         std::ffi::CString::new(name)
             .ok()
-            .and_then(|n| toolkit::role_oid(&n))
-            .is_some_and(|oid| toolkit::has_privs_of_role(me, oid))
+            .and_then(|n| pg::role_oid(&n))
+            .is_some_and(|oid| pg::has_privs_of_role(me, oid))
     };
-    if !toolkit::is_superuser() && !privs_of(&row.created_by) && !privs_of(&row.role) {
+    if !pg::is_superuser() && !privs_of(&row.created_by) && !privs_of(&row.role) {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("permission denied for bgworker_rs job {job}"),
@@ -333,7 +282,7 @@ fn job_row(job: i64) -> JobRow {
 
 /// The outcome of run `run` of job `job` once it has finished.
 fn outcome(job: i64, run: i32) -> Option<pgrx::JsonB> {
-    toolkit::as_table_owner(|| {
+    pg::as_table_owner(|| {
         Spi::connect_mut(|client| {
             let t = installed_tables(client)?;
             // Not read-only: each call takes a new snapshot, and so sees
@@ -367,7 +316,7 @@ fn bgw_result(job: Option<i64>, timeout: Option<Interval>) -> Option<pgrx::JsonB
     let job = args::required(job, "job");
     let timeout = args::duration(timeout, "timeout");
     require_jobs();
-    if toolkit::isolation_uses_xact_snapshot() {
+    if pg::isolation_uses_xact_snapshot() {
         UserError::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             "bgw_result cannot wait in a REPEATABLE READ or SERIALIZABLE transaction",
@@ -377,7 +326,7 @@ fn bgw_result(job: Option<i64>, timeout: Option<Interval>) -> Option<pgrx::JsonB
         .raise();
     }
     let row = job_row(job);
-    if toolkit::is_current_transaction(row.xmin) {
+    if pg::is_current_transaction(row.xmin) {
         UserError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("bgworker_rs job {job} has not started: this transaction created it"),
@@ -416,13 +365,13 @@ fn bgw_cancel(job: Option<i64>) -> bool {
     let stopped = match job_slots::request_cancel(job) {
         Some(handle) => {
             if let Some(handle) = handle {
-                toolkit::terminate_worker(handle);
+                pg::terminate_worker(handle);
             }
             true
         }
         None => false,
     };
-    let updated = toolkit::as_table_owner(|| {
+    let updated = pg::as_table_owner(|| {
         Spi::connect_mut(|client| {
             let t = installed_tables(client)?;
             let n = client

@@ -1,10 +1,11 @@
 //! Managing workers from any session: `bgw_list()`, `bgw_terminate()`,
 //! `bgw_wait()`, all over the shared-memory registry.
 
-use crate::args;
-use crate::errors::UserError;
-use crate::registry::{self, Entry, Kind, Ticket};
-use crate::toolkit::{self, SqlName};
+use crate::api::args;
+use crate::pg::UserError;
+use crate::pg::{self, SqlName};
+use crate::shmem::Kind;
+use crate::shmem::registry::{self, Entry, Ticket};
 use pgrx::prelude::*;
 use std::time::Duration;
 
@@ -23,8 +24,7 @@ pub fn require_registry() {
 /// Superusers manage every worker; others the workers of roles whose
 /// privileges they have.
 fn may_manage(entry: &Entry) -> bool {
-    toolkit::is_superuser()
-        || toolkit::has_privs_of_role(toolkit::current_user(), entry.role.into())
+    pg::is_superuser() || pg::has_privs_of_role(pg::current_user(), entry.role.into())
 }
 
 fn check_may_manage(entry: &Entry, pid: i32) {
@@ -35,7 +35,7 @@ fn check_may_manage(entry: &Entry, pid: i32) {
         )
         .detail(format!(
             "Only superusers and roles with the privileges of role \"{}\" may manage it.",
-            toolkit::role_name(entry.role.into())
+            pg::role_name(entry.role.into())
         ))
         .raise();
     }
@@ -43,8 +43,8 @@ fn check_may_manage(entry: &Entry, pid: i32) {
 
 /// Waits until the process `pid` of this entry has exited.
 fn wait_exit(ticket: Ticket, pid: i32, timeout: Option<Duration>) -> bool {
-    toolkit::wait_for(timeout, || {
-        (!registry::is_running_as(ticket, pid) && !toolkit::process_exists(pid)).then_some(())
+    pg::wait_for(timeout, || {
+        (!registry::is_running_as(ticket, pid) && !pg::process_exists(pid)).then_some(())
     })
     .is_some()
 }
@@ -91,8 +91,8 @@ fn bgw_list() -> TableIterator<
                 e.kind.worker_name(e.index),
                 e.kind.worker_type().to_string(),
                 e.kind.as_str().to_string(),
-                (e.database != 0).then(|| SqlName(toolkit::database_name(e.database.into()))),
-                (e.role != 0).then(|| SqlName(toolkit::role_name(e.role.into()))),
+                (e.database != 0).then(|| SqlName(pg::database_name(e.database.into()))),
+                (e.role != 0).then(|| SqlName(pg::role_name(e.role.into()))),
                 e.state.as_str().to_string(),
                 (e.started_at != 0)
                     .then(|| TimestampWithTimeZone::try_from(e.started_at).ok())
@@ -124,11 +124,11 @@ fn bgw_terminate(pid: Option<i32>, timeout: Option<Interval>) -> bool {
     check_may_manage(&entry, pid);
     registry::set_stopping(ticket);
     match (entry.kind, entry.handle()) {
-        (Kind::Dynamic, Some(handle)) => toolkit::terminate_worker(handle),
+        (Kind::Dynamic, Some(handle)) => pg::terminate_worker(handle),
         // Static workers, and dynamic ones that came back after crash
         // recovery (the registry no longer has their handle).
         _ => {
-            toolkit::send_sigterm(pid);
+            pg::send_sigterm(pid);
         }
     }
     if wait_exit(ticket, pid, timeout) {

@@ -1,18 +1,21 @@
 //! `bgw_launch()`: start a dynamic worker from SQL.
 
-use crate::args;
-use crate::errors::UserError;
-use crate::registration::{self, ConnectArgs, Kind};
-use crate::registry::{self, ClaimError, State};
-use crate::toolkit::{self, CapturedError, WorkerStatus};
-use crate::{gucs, manage};
+use crate::access;
+use crate::api::args;
+use crate::api::manage;
+use crate::pg::UserError;
+use crate::pg::{self, CapturedError, WorkerStatus};
+use crate::settings;
+use crate::shmem::Kind;
+use crate::shmem::registry::{self, ClaimError, State};
+use crate::workers::registration::{self, ConnectArgs};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::time::Duration;
 
 /// The flags this server accepts, for hints.
 fn flag_names() -> &'static str {
-    if toolkit::BYPASS_ROLELOGINCHECK.is_some() {
+    if pg::BYPASS_ROLELOGINCHECK.is_some() {
         "ALLOWCONN, ROLELOGINCHECK"
     } else {
         "ALLOWCONN"
@@ -43,7 +46,7 @@ fn bgw_launch(
     let flags = parse_flags(flags);
     let restart_after = parse_restart_after(restart_after);
     manage::require_registry();
-    if toolkit::recovery_in_progress() {
+    if pg::recovery_in_progress() {
         UserError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "cannot launch a bgworker_rs worker while the server is in recovery",
@@ -51,9 +54,9 @@ fn bgw_launch(
         .hint("The worker writes; launch it on the primary.")
         .raise();
     }
-    let database = database.map_or_else(toolkit::current_database, resolve_database);
-    let role = role.map_or_else(toolkit::current_user, resolve_role);
-    check_permissions(database, role, flags);
+    let database = database.map_or_else(pg::current_database, resolve_database);
+    let role = role.map_or_else(pg::current_user, resolve_role);
+    access::check_permissions(database, role, flags);
     start(
         index,
         database.to_u32(),
@@ -67,12 +70,12 @@ fn bgw_launch(
 fn parse_restart_after(restart_after: Option<Interval>) -> Option<Duration> {
     let after = args::duration(restart_after, "restart_after")?;
     let secs = after.as_micros().div_ceil(1_000_000);
-    if secs > gucs::MAX_RESTART_TIME_S as u128 {
+    if secs > settings::MAX_RESTART_TIME_S as u128 {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!(
                 "restart_after must be at most {} seconds",
-                gucs::MAX_RESTART_TIME_S
+                settings::MAX_RESTART_TIME_S
             ),
         )
         .raise();
@@ -83,7 +86,7 @@ fn parse_restart_after(restart_after: Option<Interval>) -> Option<Duration> {
 // PostgreSQL's own messages and SQLSTATEs for unknown names, raised here
 // rather than inside the catalog look-up.
 pub fn resolve_database(name: &CStr) -> pg_sys::Oid {
-    toolkit::database_oid(name).unwrap_or_else(|| {
+    pg::database_oid(name).unwrap_or_else(|| {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INVALID_CATALOG_NAME,
             format!("database \"{}\" does not exist", name.to_string_lossy()),
@@ -93,7 +96,7 @@ pub fn resolve_database(name: &CStr) -> pg_sys::Oid {
 }
 
 pub fn resolve_role(name: &CStr) -> pg_sys::Oid {
-    toolkit::role_oid(name).unwrap_or_else(|| {
+    pg::role_oid(name).unwrap_or_else(|| {
         UserError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("role \"{}\" does not exist", name.to_string_lossy()),
@@ -113,7 +116,7 @@ fn parse_flags(flags: Option<Array<'_, String>>) -> u32 {
         .raise()
     };
     let names: Vec<Option<String>> = flags.iter().collect();
-    if toolkit::array_ndim(flags.into_array_type()) > 1 {
+    if pg::array_ndim(flags.into_array_type()) > 1 {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             "flags array must be one-dimensional",
@@ -130,15 +133,15 @@ fn parse_flags(flags: Option<Array<'_, String>>) -> u32 {
             .raise()
         };
         let bit = match name.as_str() {
-            "ALLOWCONN" => toolkit::BYPASS_ALLOWCONN,
-            "ROLELOGINCHECK" => toolkit::BYPASS_ROLELOGINCHECK.unwrap_or_else(|| {
+            "ALLOWCONN" => pg::BYPASS_ALLOWCONN,
+            "ROLELOGINCHECK" => pg::BYPASS_ROLELOGINCHECK.unwrap_or_else(|| {
                 UserError::new(
                     PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
                     "flag \"ROLELOGINCHECK\" requires PostgreSQL 17 or later",
                 )
                 .detail(format!(
                     "This server is PostgreSQL {}.",
-                    toolkit::server_version()
+                    pg::server_version()
                 ))
                 .raise()
             }),
@@ -162,54 +165,6 @@ fn parse_flags(flags: Option<Array<'_, String>>) -> u32 {
         bits |= bit;
     }
     bits
-}
-
-/// A superuser may launch anything. Anyone else granted EXECUTE may launch a
-/// worker only as a role whose privileges they have, into a database they may
-/// connect to, and without ALLOWCONN.
-pub fn check_permissions(database: pg_sys::Oid, role: pg_sys::Oid, flags: u32) {
-    if toolkit::is_superuser() {
-        return;
-    }
-    let me = toolkit::current_user();
-    if flags & toolkit::BYPASS_ALLOWCONN != 0 {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "permission denied to use flag \"ALLOWCONN\"",
-        )
-        .detail("Only superusers may launch workers that bypass datallowconn.")
-        .raise();
-    }
-    if toolkit::BYPASS_ROLELOGINCHECK.is_some_and(|bit| flags & bit != 0) {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "permission denied to use flag \"ROLELOGINCHECK\"",
-        )
-        .detail("Only superusers may launch workers that bypass the role login check.")
-        .raise();
-    }
-    if !toolkit::has_privs_of_role(me, role) {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("permission denied to launch a worker as role \"{}\"", toolkit::role_name(role)),
-        )
-        .detail(format!(
-            "Only superusers and roles with the privileges of role \"{}\" may launch workers as it.",
-            toolkit::role_name(role)
-        ))
-        .raise();
-    }
-    if !toolkit::has_connect(database, me) {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!(
-                "permission denied to launch a worker in database \"{}\"",
-                toolkit::database_name(database)
-            ),
-        )
-        .detail("You need the CONNECT privilege on that database.")
-        .raise();
-    }
 }
 
 /// Claims a registry entry, registers the worker, and waits until it has
@@ -248,8 +203,8 @@ fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option
         Failed(Option<CapturedError>),
         PostmasterDied,
     }
-    let timeout = Duration::from_millis(gucs::LAUNCH_TIMEOUT_MS.get() as u64);
-    let outcome = toolkit::wait_for(Some(timeout), || {
+    let timeout = Duration::from_millis(settings::LAUNCH_TIMEOUT_MS.get() as u64);
+    let outcome = pg::wait_for(Some(timeout), || {
         let entry = registry::get(ticket);
         match entry.map(|e| e.state) {
             Some(State::Running) => return entry.map(|e| Outcome::Ready(e.pid)),
@@ -258,7 +213,7 @@ fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option
             }
             _ => {}
         }
-        match toolkit::worker_status(handle) {
+        match pg::worker_status(handle) {
             WorkerStatus::Stopped => Some(Outcome::Failed(entry.and_then(|e| e.last_error()))),
             WorkerStatus::PostmasterDied => Some(Outcome::PostmasterDied),
             _ => None,
@@ -268,7 +223,7 @@ fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option
     // From here on the launch has failed: make sure the postmaster neither
     // keeps nor restarts the worker, and leave the reason in the registry.
     let fail = |error: CapturedError| {
-        toolkit::terminate_worker(handle);
+        pg::terminate_worker(handle);
         registry::mark_failed(ticket, &error);
     };
     match outcome {
@@ -321,7 +276,7 @@ fn out_of_slots(name: &str) -> ! {
     )
     .detail(format!(
         "All background worker slots are in use (max_worker_processes = {}).",
-        toolkit::max_worker_processes()
+        pg::max_worker_processes()
     ))
     .hint("You may need to increase max_worker_processes.")
     .raise()

@@ -1,0 +1,101 @@
+//! Errors: a worker's own errors, captured for its exit callback, and the
+//! user-facing errors the SQL functions raise.
+
+use pgrx::pg_sys;
+use std::ffi::CStr;
+
+// ---------------------------------------------------------------------------
+// A worker's own errors, kept for its exit callback, and the callback itself.
+
+/// SQLSTATE and message of an error a worker raised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapturedError {
+    pub sqlerrcode: i32,
+    pub message: String,
+}
+
+impl CapturedError {
+    /// The SQLSTATE as five characters, e.g. "57P01".
+    pub fn sqlstate(&self) -> String {
+        (0..5)
+            .map(|i| char::from((((self.sqlerrcode >> (6 * i)) & 0x3f) as u8) + b'0'))
+            .collect()
+    }
+}
+
+static LAST_ERROR: std::sync::Mutex<Option<CapturedError>> = std::sync::Mutex::new(None);
+static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
+
+#[pgrx::pg_guard]
+extern "C-unwind" fn emit_log_trampoline(edata: *mut pg_sys::ErrorData) {
+    // SAFETY: PostgreSQL passes a valid ErrorData; we only read it and copy
+    // the message into Rust-owned memory. No lock is taken here, so an error
+    // raised while we hold the registry lock cannot deadlock.
+    unsafe {
+        if !edata.is_null() && (*edata).elevel >= pg_sys::PGERROR as i32 {
+            let message = if (*edata).message.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr((*edata).message)
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            if let Ok(mut last) = LAST_ERROR.lock() {
+                *last = Some(CapturedError {
+                    sqlerrcode: (*edata).sqlerrcode,
+                    message,
+                });
+            }
+        }
+        if let Some(prev) = PREV_EMIT_LOG {
+            prev(edata);
+        }
+    }
+}
+
+/// Keeps the last ERROR or FATAL this process reports (see `last_error`).
+pub fn capture_errors() {
+    // SAFETY: called once at worker start, single-threaded.
+    unsafe {
+        PREV_EMIT_LOG = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(emit_log_trampoline);
+    }
+}
+
+pub fn last_error() -> Option<CapturedError> {
+    LAST_ERROR.lock().ok().and_then(|e| e.clone())
+}
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+#[must_use = "an error does nothing until raise() is called"]
+pub struct UserError {
+    report: ErrorReport,
+}
+
+impl UserError {
+    pub fn new(code: PgSqlErrorCode, message: impl Into<String>) -> Self {
+        UserError {
+            report: ErrorReport::new(code, message.into(), "bgworker_rs"),
+        }
+    }
+
+    pub fn detail(self, detail: impl Into<String>) -> Self {
+        UserError {
+            report: self.report.set_detail(detail.into()),
+        }
+    }
+
+    pub fn hint(self, hint: impl Into<String>) -> Self {
+        UserError {
+            report: self.report.set_hint(hint.into()),
+        }
+    }
+
+    /// Raises the error at level ERROR; control does not come back.
+    pub fn raise(self) -> ! {
+        self.report.report(PgLogLevel::ERROR);
+        unreachable!("ereport(ERROR) returned")
+    }
+}

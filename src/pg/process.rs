@@ -1,0 +1,100 @@
+//! This process and the server: preloading, the GUC prefix, pids, the
+//! clock, interrupts, and exit callbacks.
+
+use pgrx::pg_sys;
+use std::ffi::CStr;
+
+/// Is the library being loaded through `shared_preload_libraries`?
+pub fn preloading() -> bool {
+    // SAFETY: plain read of a postmaster-set global.
+    unsafe { pg_sys::process_shared_preload_libraries_in_progress }
+}
+
+/// Claims a GUC prefix: unknown `prefix.*` settings are then refused.
+pub fn reserve_guc_prefix(prefix: &'static CStr) {
+    // SAFETY: a 'static NUL-terminated string; PostgreSQL copies it.
+    unsafe { pg_sys::MarkGUCPrefixReserved(prefix.as_ptr()) }
+}
+
+pub fn my_pid() -> i32 {
+    // SAFETY: plain read of a backend-local global.
+    unsafe { pg_sys::MyProcPid }
+}
+
+/// "15.20", "18.6": the server's version, for messages.
+pub fn server_version() -> &'static str {
+    // SAFETY: PG_VERSION is a NUL-terminated constant.
+    pg_sys::PG_VERSION.to_str().unwrap_or("unknown")
+}
+
+pub fn max_worker_processes() -> i32 {
+    // SAFETY: plain read of a GUC variable.
+    unsafe { pg_sys::max_worker_processes }
+}
+
+pub fn recovery_in_progress() -> bool {
+    // SAFETY: reads shared state under its own lock.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
+
+pub fn now() -> pg_sys::TimestampTz {
+    // SAFETY: reads the clock.
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+/// Ends this process with exit code 0, so that the postmaster unregisters
+/// the worker instead of restarting it.
+pub fn exit_quietly() -> ! {
+    // SAFETY: proc_exit runs the exit callbacks and never returns.
+    unsafe { pg_sys::proc_exit(0) };
+    #[allow(unreachable_code)]
+    {
+        unreachable!("proc_exit returned")
+    }
+}
+
+pub fn check_for_interrupts() {
+    pg_sys::check_for_interrupts!();
+}
+
+/// Is this the postmaster (not one of its children)?
+pub fn is_postmaster() -> bool {
+    // SAFETY: plain read of a process-local flag.
+    unsafe { !pg_sys::IsUnderPostmaster }
+}
+
+static POSTMASTER_EXIT: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+#[pgrx::pg_guard]
+extern "C-unwind" fn postmaster_exit_trampoline(_code: std::os::raw::c_int, _arg: pg_sys::Datum) {
+    if let Some(f) = POSTMASTER_EXIT.get() {
+        f();
+    }
+}
+
+/// In the postmaster, runs `f` at its next `shmem_exit`: at shutdown, and
+/// before it recreates shared memory after a crash. `shmem_exit` forgets its
+/// callbacks, so call this again after every creation (from the startup hook).
+pub fn on_postmaster_shmem_exit(f: fn()) {
+    let _ = POSTMASTER_EXIT.set(f);
+    // SAFETY: registers a guarded callback in the postmaster.
+    unsafe { pg_sys::on_shmem_exit(Some(postmaster_exit_trampoline), pg_sys::Datum::from(0)) }
+}
+
+static ON_EXIT: std::sync::OnceLock<fn(i32)> = std::sync::OnceLock::new();
+
+#[pgrx::pg_guard]
+extern "C-unwind" fn on_exit_trampoline(code: std::os::raw::c_int, _arg: pg_sys::Datum) {
+    if let Some(f) = ON_EXIT.get() {
+        f(code);
+    }
+}
+
+/// Runs `f(exit_code)` when the process exits (`on_shmem_exit`), while its
+/// PGPROC and LWLocks still work. One callback per process.
+pub fn on_exit(f: fn(i32)) {
+    if ON_EXIT.set(f).is_ok() {
+        // SAFETY: registers a guarded callback; PostgreSQL calls it once.
+        unsafe { pg_sys::on_shmem_exit(Some(on_exit_trampoline), pg_sys::Datum::from(0)) }
+    }
+}
