@@ -1,19 +1,21 @@
 -- Runs last in CREATE EXTENSION: no function of this extension is executable
 -- by PUBLIC. A superuser grants EXECUTE to whom it may concern. Found through
--- pg_depend, so a function added later cannot be forgotten here.
+-- pg_depend, so a function added later cannot be forgotten here. Every name
+-- is qualified: a role with CREATE on the target schema may have left
+-- look-alikes there before the extension was installed.
 DO $$
 DECLARE
-  f regprocedure;
+  f pg_catalog.regprocedure;
 BEGIN
   FOR f IN
-    SELECT d.objid::regprocedure
-      FROM pg_depend d
-      JOIN pg_extension e ON e.oid = d.refobjid
-     WHERE e.extname = 'bgworker_rs'
-       AND d.classid = 'pg_proc'::regclass
-       AND d.deptype = 'e'
+    SELECT d.objid::pg_catalog.regprocedure
+      FROM pg_catalog.pg_depend d
+      JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid
+     WHERE e.extname OPERATOR(pg_catalog.=) 'bgworker_rs'
+       AND d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+       AND d.deptype OPERATOR(pg_catalog.=) 'e'
   LOOP
-    EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
   END LOOP;
 END
 $$;
@@ -21,4 +23,4 @@ $$;
 -- The one exception: the view bgw_jobs calls bgw_job_pid(), and a function in
 -- a view runs with the privileges of whoever reads the view. It only tells
 -- the pid of a job's run; reading the view still needs SELECT on it.
-GRANT EXECUTE ON FUNCTION bgw_job_pid(int8) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.bgw_job_pid(pg_catalog.int8) TO PUBLIC;

@@ -11,79 +11,82 @@ use crate::pg::UserError;
 use crate::settings;
 use crate::shmem::job_slots::{self, SQL_MAX};
 use crate::shmem::{Kind, registry};
-use crate::store::{first_value, installed_tables};
+use crate::store::{self, first_value};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::time::Duration;
 
+// Every name is qualified: the script runs with the target schema on the
+// search_path, where a role with CREATE may have left look-alike functions
+// and operators before the extension was installed (pgspot checks this).
 pgrx::extension_sql!(
     r#"
-CREATE TABLE bgw_job_defs (
-    id int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    sql text NOT NULL,
-    database name NOT NULL,
-    role name NOT NULL,
-    every interval CHECK (every > '0'),
-    timeout interval CHECK (timeout > '0'),
-    state text NOT NULL DEFAULT 'scheduled'
-        CHECK (state IN ('scheduled', 'finished', 'cancelled')),
-    created_at timestamptz NOT NULL DEFAULT now(),
-    created_by name NOT NULL,
-    next_run_at timestamptz,
-    runs int4 NOT NULL DEFAULT 0
+CREATE TABLE @extschema@.bgw_job_defs (
+    id pg_catalog.int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    sql pg_catalog.text NOT NULL,
+    database pg_catalog.oid NOT NULL,
+    role pg_catalog.regrole NOT NULL,
+    every pg_catalog.interval,
+    timeout pg_catalog.interval,
+    state pg_catalog.text NOT NULL DEFAULT 'scheduled'
+        CHECK (state OPERATOR(pg_catalog.=) ANY ('{scheduled,finished,cancelled}'::pg_catalog.text[])),
+    reason pg_catalog.text,
+    created_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by pg_catalog.regrole NOT NULL,
+    next_run_at pg_catalog.timestamptz,
+    runs pg_catalog.int4 NOT NULL DEFAULT 0
 );
-COMMENT ON TABLE bgw_job_defs IS
-'Jobs created by bgw_run(); read them through the view bgw_jobs. state: scheduled (a run is due or to come), finished (a one-shot job has run), cancelled (bgw_cancel).';
+COMMENT ON TABLE @extschema@.bgw_job_defs IS
+'Jobs created by bgw_run(); read them through the view bgw_jobs. database, role and created_by are identities (OIDs), so a renamed role keeps its jobs and a new role with an old name never inherits them. state: scheduled (a run is due or to come), finished (a one-shot job has run), cancelled (bgw_cancel, or the scheduler, with the reason).';
 
-CREATE TABLE bgw_job_runs (
-    job int8 NOT NULL REFERENCES bgw_job_defs (id) ON DELETE CASCADE,
-    run int4 NOT NULL,
-    started_at timestamptz NOT NULL,
-    finished_at timestamptz,
-    status text NOT NULL
-        CHECK (status IN ('running', 'succeeded', 'failed', 'cancelled', 'timed out')),
-    pid int4,
-    rows int8,
-    sqlstate text,
-    error text,
-    result jsonb,
+CREATE TABLE @extschema@.bgw_job_runs (
+    job pg_catalog.int8 NOT NULL REFERENCES @extschema@.bgw_job_defs (id) ON DELETE CASCADE,
+    run pg_catalog.int4 NOT NULL,
+    started_at pg_catalog.timestamptz NOT NULL,
+    finished_at pg_catalog.timestamptz,
+    status pg_catalog.text NOT NULL
+        CHECK (status OPERATOR(pg_catalog.=) ANY ('{running,succeeded,failed,cancelled,timed out}'::pg_catalog.text[])),
+    pid pg_catalog.int4,
+    rows pg_catalog.int8,
+    sqlstate pg_catalog.text,
+    error pg_catalog.text,
+    result pg_catalog.jsonb,
     PRIMARY KEY (job, run)
 );
-COMMENT ON TABLE bgw_job_runs IS
+COMMENT ON TABLE @extschema@.bgw_job_runs IS
 'One row per run of a bgw_run() job. rows: rows returned or affected by the last statement; result: its first rows as a JSON array, at most 8 kB; error and sqlstate: why a run failed, was cancelled or timed out.';
 
--- Kept by pg_dump, as user data.
-SELECT pg_catalog.pg_extension_config_dump('bgw_job_defs', '');
-SELECT pg_catalog.pg_extension_config_dump('bgw_job_runs', '');
+-- Kept by pg_dump, as user data; the sequence too, so that a restored
+-- database goes on with new job ids.
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.bgw_job_defs', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.bgw_job_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.bgw_job_defs_id_seq', '');
 
-CREATE VIEW bgw_jobs AS
-SELECT d.id, d.sql, d.database, d.role, d.every, d.timeout,
+CREATE VIEW @extschema@.bgw_jobs AS
+SELECT d.id, d.sql,
+       (SELECT db.datname FROM pg_catalog.pg_database db
+         WHERE db.oid OPERATOR(pg_catalog.=) d.database) AS database,
+       pg_catalog.pg_get_userbyid(d.role::pg_catalog.oid) AS role,
+       d.every, d.timeout,
        CASE WHEN p.pid IS NOT NULL THEN 'running' ELSE d.state END AS state,
-       d.created_at, d.created_by, d.next_run_at, d.runs, p.pid
-  FROM bgw_job_defs d
-  LEFT JOIN LATERAL (SELECT bgw_job_pid(d.id) AS pid) p ON true;
-COMMENT ON VIEW bgw_jobs IS
-'Every bgw_run() job: state is running (pid: its current run), scheduled, finished or cancelled.';
+       d.created_at,
+       pg_catalog.pg_get_userbyid(d.created_by::pg_catalog.oid) AS created_by,
+       d.next_run_at, d.runs, p.pid, d.reason
+  FROM @extschema@.bgw_job_defs d
+  LEFT JOIN LATERAL (SELECT @extschema@.bgw_job_pid(d.id) AS pid) p ON true;
+COMMENT ON VIEW @extschema@.bgw_jobs IS
+'Every bgw_run() job: state is running (pid: its current run), scheduled, finished or cancelled; reason: why the scheduler cancelled it (a dropped role or database).';
 
-REVOKE ALL ON bgw_job_defs, bgw_job_runs, bgw_jobs FROM PUBLIC;
+REVOKE ALL ON @extschema@.bgw_job_defs, @extschema@.bgw_job_runs, @extschema@.bgw_jobs FROM PUBLIC;
 "#,
     name = "jobs_schema",
     requires = [bgw_job_pid],
 );
 
-/// An interval that must be greater than zero; NULL stays `None`.
-fn positive(value: Option<Interval>, name: &str) -> Option<Duration> {
-    let d = args::duration(value, name)?;
-    if d.is_zero() {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("{name} must be greater than zero"),
-        )
-        .hint("Pass NULL for none.")
-        .raise();
-    }
-    Some(d)
-}
+/// The longest `every`: a longer one is a mistake, and near the end of
+/// PostgreSQL's calendar it could not be added to a time.
+const EVERY_MAX: Duration = Duration::from_secs(3653 * 86_400);
+const EVERY_MAX_TEXT: &str = "10 years (3653 days)";
 
 /// Jobs need the library preloaded with `bgworker_rs.max_jobs` > 0, and are
 /// kept in the scheduler's database.
@@ -156,8 +159,8 @@ fn bgw_run(
         .hint("Put a longer statement in a function and run a call of it.")
         .raise();
     }
-    let _ = positive(every, "every");
-    let timeout_ms = positive(timeout, "timeout").map(|t| t.as_millis());
+    let _ = args::bounded(every, "every", EVERY_MAX, EVERY_MAX_TEXT);
+    let timeout_ms = args::bounded(timeout, "timeout", Duration::MAX, "").map(|t| t.as_millis());
     if timeout_ms.is_some_and(|ms| ms > i32::MAX as u128 || ms == 0) {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -176,32 +179,28 @@ fn bgw_run(
     let database = database.map_or_else(pg::current_database, launch::resolve_database);
     let role = role.map_or_else(pg::current_user, launch::resolve_role);
     access::check_permissions(database, role, 0);
-    let me = pg::role_name(pg::current_user());
-    let (database, role) = (pg::database_name(database), pg::role_name(role));
+    let me = pg::current_user();
 
-    let id = pg::as_table_owner(|| {
-        Spi::connect_mut(|client| {
-            let t = installed_tables(client)?;
-            client
-                .update(
-                    &format!(
-                        "INSERT INTO {} (sql, database, role, every, timeout, created_by, next_run_at) \
-                         VALUES ($1, $2::name, $3::name, $4, $5, $6::name, now()) RETURNING id",
-                        t.defs
-                    ),
-                    None,
-                    &[
-                        sql.into(),
-                        database.into(),
-                        role.into(),
-                        every.into(),
-                        timeout.into(),
-                        me.into(),
-                    ],
-                )?
-                .first()
-                .get_one::<i64>()
-        })
+    let id = store::with_installed_tables(|client, t| {
+        client
+            .update(
+                &format!(
+                    "INSERT INTO {} (sql, database, role, every, timeout, created_by, next_run_at) \
+                     VALUES ($1, $2, $3::oid::regrole, $4, $5, $6::oid::regrole, now()) RETURNING id",
+                    t.defs
+                ),
+                None,
+                &[
+                    sql.into(),
+                    database.into(),
+                    role.into(),
+                    every.into(),
+                    timeout.into(),
+                    me.into(),
+                ],
+            )?
+            .first()
+            .get_one::<i64>()
     });
     let id = id
         .unwrap_or_else(|e| error!("cannot create the job: {e}"))
@@ -214,40 +213,37 @@ fn bgw_run(
 struct JobRow {
     state: String,
     runs: i32,
-    created_by: String,
-    role: String,
+    created_by: pg_sys::Oid,
+    role: pg_sys::Oid,
     xmin: u32,
     running: Option<i32>,
 }
 
 fn job_row(job: i64) -> JobRow {
-    let row = pg::as_table_owner(|| {
-        Spi::connect_mut(|client| {
-            let t = installed_tables(client)?;
-            let table = client.update(
-                &format!(
-                    "SELECT state, runs, created_by::text, role::text, xmin::text::int8, \
-                            (SELECT max(run) FROM {runs} r WHERE r.job = d.id AND r.finished_at IS NULL) \
-                       FROM {defs} d WHERE id = $1",
-                    runs = t.runs,
-                    defs = t.defs
-                ),
-                None,
-                &[job.into()],
-            )?;
-            if table.is_empty() {
-                return Ok(None);
-            }
-            let row = table.first();
-            Ok::<_, pgrx::spi::Error>(Some(JobRow {
-                state: row.get::<String>(1)?.unwrap_or_default(),
-                runs: row.get::<i32>(2)?.unwrap_or(0),
-                created_by: row.get::<String>(3)?.unwrap_or_default(),
-                role: row.get::<String>(4)?.unwrap_or_default(),
-                xmin: row.get::<i64>(5)?.unwrap_or(0) as u32,
-                running: row.get::<i32>(6)?,
-            }))
-        })
+    let row = store::with_installed_tables(|client, t| {
+        let table = client.update(
+            &format!(
+                "SELECT state, runs, created_by::oid, role::oid, xmin::text::int8, \
+                        (SELECT max(run) FROM {runs} r WHERE r.job = d.id AND r.finished_at IS NULL) \
+                   FROM {defs} d WHERE id = $1",
+                runs = t.runs,
+                defs = t.defs
+            ),
+            None,
+            &[job.into()],
+        )?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let row = table.first();
+        Ok(Some(JobRow {
+            state: row.get::<String>(1)?.unwrap_or_default(),
+            runs: row.get::<i32>(2)?.unwrap_or(0),
+            created_by: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+            role: row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+            xmin: row.get::<i64>(5)?.unwrap_or(0) as u32,
+            running: row.get::<i32>(6)?,
+        }))
     })
     .unwrap_or_else(|e| error!("cannot read job {job}: {e}"));
     let Some(row) = row else {
@@ -260,20 +256,18 @@ fn job_row(job: i64) -> JobRow {
     // Superusers, and roles with the privileges of the job's creator or of
     // the role it runs as.
     let me = pg::current_user();
-    let privs_of = |name: &str| {
-        std::ffi::CString::new(name)
-            .ok()
-            .and_then(|n| pg::role_oid(&n))
-            .is_some_and(|oid| pg::has_privs_of_role(me, oid))
-    };
-    if !pg::is_superuser() && !privs_of(&row.created_by) && !privs_of(&row.role) {
+    if !pg::is_superuser()
+        && !pg::has_privs_of_role(me, row.created_by)
+        && !pg::has_privs_of_role(me, row.role)
+    {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("permission denied for bgworker_rs job {job}"),
         )
         .detail(format!(
             "Only superusers and roles with the privileges of role \"{}\" or \"{}\" may manage it.",
-            row.created_by, row.role
+            pg::role_name(row.created_by),
+            pg::role_name(row.role)
         ))
         .raise();
     }
@@ -282,25 +276,22 @@ fn job_row(job: i64) -> JobRow {
 
 /// The outcome of run `run` of job `job` once it has finished.
 fn outcome(job: i64, run: i32) -> Option<pgrx::JsonB> {
-    pg::as_table_owner(|| {
-        Spi::connect_mut(|client| {
-            let t = installed_tables(client)?;
-            // Not read-only: each call takes a new snapshot, and so sees
-            // what the scheduler committed meanwhile.
-            client
-                .update(
-                    &format!(
-                        "SELECT jsonb_build_object('job', job, 'run', run, 'status', status, \
-                                'started_at', started_at, 'finished_at', finished_at, 'pid', pid, \
-                                'rows', rows, 'sqlstate', sqlstate, 'error', error, 'result', result) \
-                           FROM {} WHERE job = $1 AND run = $2 AND finished_at IS NOT NULL",
-                        t.runs
-                    ),
-                    None,
-                    &[job.into(), run.into()],
-                )
-                .and_then(first_value::<pgrx::JsonB>)
-        })
+    store::with_installed_tables(|client, t| {
+        // Not read-only: each call takes a new snapshot, and so sees what
+        // the scheduler committed meanwhile.
+        client
+            .update(
+                &format!(
+                    "SELECT jsonb_build_object('job', job, 'run', run, 'status', status, \
+                            'started_at', started_at, 'finished_at', finished_at, 'pid', pid, \
+                            'rows', rows, 'sqlstate', sqlstate, 'error', error, 'result', result) \
+                       FROM {} WHERE job = $1 AND run = $2 AND finished_at IS NOT NULL",
+                    t.runs
+                ),
+                None,
+                &[job.into(), run.into()],
+            )
+            .and_then(first_value::<pgrx::JsonB>)
     })
     .unwrap_or_else(|e| error!("cannot read the runs of job {job}: {e}"))
 }
@@ -326,12 +317,20 @@ fn bgw_result(job: Option<i64>, timeout: Option<Interval>) -> Option<pgrx::JsonB
         .raise();
     }
     let row = job_row(job);
+    // A job this transaction created or changed: the scheduler cannot see
+    // it (or is kept from recording its run) until we commit, so waiting
+    // here would wait forever.
     if pg::is_current_transaction(row.xmin) {
+        let message = if row.state == "cancelled" {
+            format!("bgworker_rs job {job} was cancelled by this transaction")
+        } else {
+            format!("bgworker_rs job {job} has not started: this transaction created it")
+        };
         UserError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("bgworker_rs job {job} has not started: this transaction created it"),
+            message,
         )
-        .hint("Commit first; the job starts when the transaction that created it commits.")
+        .hint("Commit first; the scheduler sees the job when the transaction commits.")
         .raise();
     }
     let target = match (row.running, row.state.as_str()) {
@@ -371,22 +370,19 @@ fn bgw_cancel(job: Option<i64>) -> bool {
         }
         None => false,
     };
-    let updated = pg::as_table_owner(|| {
-        Spi::connect_mut(|client| {
-            let t = installed_tables(client)?;
-            let n = client
-                .update(
-                    &format!(
-                        "UPDATE {} SET state = 'cancelled', next_run_at = NULL \
-                          WHERE id = $1 AND state = 'scheduled'",
-                        t.defs
-                    ),
-                    None,
-                    &[job.into()],
-                )?
-                .len();
-            Ok::<_, pgrx::spi::Error>(n)
-        })
+    let updated = store::with_installed_tables(|client, t| {
+        let n = client
+            .update(
+                &format!(
+                    "UPDATE {} SET state = 'cancelled', next_run_at = NULL \
+                      WHERE id = $1 AND state = 'scheduled'",
+                    t.defs
+                ),
+                None,
+                &[job.into()],
+            )?
+            .len();
+        Ok(n)
     })
     .unwrap_or_else(|e| error!("cannot cancel job {job}: {e}"));
     wake_scheduler_at_commit();

@@ -128,7 +128,7 @@ fn bgw_terminate(pid: Option<i32>, timeout: Option<Interval>) -> bool {
         // Static workers, and dynamic ones that came back after crash
         // recovery (the registry no longer has their handle).
         _ => {
-            pg::send_sigterm(pid);
+            registry::sigterm_if_current(ticket, pid);
         }
     }
     if wait_exit(ticket, pid, timeout) {

@@ -68,3 +68,15 @@ pub fn has_privs_of_role(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
     // SAFETY: catalog look-up inside a transaction.
     unsafe { pg_sys::has_privs_of_role(member, role) }
 }
+
+/// Does a role with this OID exist?
+pub fn role_exists(role: pg_sys::Oid) -> bool {
+    // SAFETY: noerr = true returns NULL for an unknown OID instead of raising.
+    !unsafe { pg_sys::GetUserNameFromId(role, true) }.is_null()
+}
+
+/// Does a database with this OID exist?
+pub fn database_exists(database: pg_sys::Oid) -> bool {
+    // SAFETY: returns NULL for an unknown OID.
+    !unsafe { pg_sys::get_database_name(database) }.is_null()
+}

@@ -99,3 +99,39 @@ impl UserError {
         unreachable!("ereport(ERROR) returned")
     }
 }
+
+impl From<&pgrx::pg_sys::panic::CaughtError> for CapturedError {
+    fn from(caught: &pgrx::pg_sys::panic::CaughtError) -> Self {
+        use pgrx::pg_sys::panic::CaughtError::*;
+        let (PostgresError(report)
+        | ErrorReport(report)
+        | RustPanic {
+            ereport: report, ..
+        }) = caught;
+        CapturedError {
+            sqlerrcode: report.sql_error_code() as i32,
+            message: report.message().to_string(),
+        }
+    }
+}
+
+/// Runs `body`; if it raises an ERROR (or panics), shows the error to
+/// `on_error` where it was raised, then raises it again unchanged. Unlike
+/// `emit_log_hook`, this sees the error whatever the logging settings.
+pub fn inspect_error<R>(body: impl FnOnce() -> R, on_error: impl FnOnce(&CapturedError)) -> R {
+    // The error is raised again: nothing observes a half-done state.
+    let body = std::panic::AssertUnwindSafe(body);
+    let mut on_error = std::panic::AssertUnwindSafe(Some(on_error));
+    pgrx::PgTryBuilder::new(move || {
+        let body = body;
+        (body.0)()
+    })
+    .catch_others(move |caught| {
+        let on_error = &mut on_error; // the whole wrapper, not its field
+        if let Some(f) = on_error.0.take() {
+            f(&CapturedError::from(&caught));
+        }
+        caught.rethrow()
+    })
+    .execute()
+}

@@ -1,25 +1,80 @@
-//! Security contexts: running the extension's own SQL with other rights.
+//! Security contexts for the SQL the extension runs on its own behalf: a
+//! pinned `search_path`, and another user's rights with
+//! `SECURITY_RESTRICTED_OPERATION`, each undone on the way out. On ERROR the
+//! (sub)transaction abort undoes both as well.
 
 use pgrx::pg_sys;
+use std::ffi::CStr;
 
-/// Runs `body` as the bootstrap superuser, the owner of the extension's
-/// tables, then switches back. Functions that check the caller's rights
-/// themselves use it to read and write those tables. On ERROR the
-/// transaction abort restores the user.
-pub fn as_table_owner<R>(body: impl FnOnce() -> R) -> R {
-    let mut user = pg_sys::InvalidOid;
-    let mut context = 0;
+/// The `search_path` of the extension's own SQL: the catalogs first, the
+/// caller's temporary schema last (so a temporary relation never shadows a
+/// catalog), and nothing the caller or the database controls.
+pub const PINNED_SEARCH_PATH: &CStr = c"pg_catalog, pg_temp";
+
+/// Runs `body` with `search_path` pinned to [`PINNED_SEARCH_PATH`], in a GUC
+/// nest level of its own, as a function with `SET search_path` does.
+pub fn with_pinned_search_path<R>(body: impl FnOnce() -> R) -> R {
+    // SAFETY: inside a transaction (the callers run SQL); set_config_option
+    // copies the value, and the nest level is popped below or by the abort
+    // of the enclosing (sub)transaction.
+    let level = unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            PINNED_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        level
+    };
+    let result = body();
+    // SAFETY: pops the nest level pushed above; `true` keeps nothing of it.
+    unsafe { pg_sys::AtEOXact_GUC(true, level) };
+    result
+}
+
+/// Pins `search_path` for the rest of this process, over any setting of the
+/// database or role: for workers that run only the extension's own SQL.
+pub fn pin_search_path_for_process() {
+    set_option_for_process(c"search_path", PINNED_SEARCH_PATH);
+}
+
+/// Sets a setting for the rest of this process, over any setting of the
+/// database or role.
+pub fn set_option_for_process(name: &CStr, value: &CStr) {
+    // SAFETY: a connected backend; SetConfigOption copies both strings.
+    unsafe {
+        pg_sys::SetConfigOption(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_OVERRIDE,
+        );
+    }
+}
+
+/// Runs `body` as `user` in a security-restricted operation (no `SET ROLE`,
+/// no temporary objects, no `LISTEN`, ... meanwhile), then switches back.
+pub fn as_user_restricted<R>(user: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
     // SAFETY: backend-local state; SECURITY_LOCAL_USERID_CHANGE keeps SET
     // ROLE and friends from changing it back meanwhile.
     unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         pg_sys::SetUserIdAndSecContext(
-            pg_sys::BOOTSTRAP_SUPERUSERID.into(),
-            context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            user,
+            saved_context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
     }
     let result = body();
     // SAFETY: restores what we saved above.
-    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
     result
 }

@@ -63,3 +63,16 @@ pub fn has_connect(database: pg_sys::Oid, role: pg_sys::Oid) -> bool {
         unsafe { pg_sys::object_aclcheck(pg_sys::DatabaseRelationId, database, role, mode) };
     result == pg_sys::AclResult::ACLCHECK_OK
 }
+
+/// May `member` `SET ROLE` to `role`? On 16+ that is the membership's SET
+/// option (`member_can_set_role`), which may be off even where privileges
+/// are inherited; before 16, any membership. Superusers may.
+pub fn can_set_role(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog look-up inside a transaction.
+    #[cfg(feature = "pg15")]
+    let result = unsafe { pg_sys::is_member_of_role(member, role) };
+    // SAFETY: catalog look-up inside a transaction.
+    #[cfg(not(feature = "pg15"))]
+    let result = unsafe { pg_sys::member_can_set_role(member, role) };
+    result
+}

@@ -1,5 +1,6 @@
 //! Transactions in a worker, and what a job run needs beyond plain SPI.
 
+use super::CapturedError;
 use pgrx::pg_sys;
 use std::ffi::CStr;
 
@@ -73,4 +74,47 @@ pub fn isolation_uses_xact_snapshot() -> bool {
 pub fn is_current_transaction(xid: u32) -> bool {
     // SAFETY: a pure look-up in backend-local transaction state.
     unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xid.into()) }
+}
+
+/// Runs `body` in a subtransaction, as a PL/pgSQL block with an EXCEPTION
+/// clause does: on ERROR the subtransaction is rolled back and the error
+/// comes back as a value; the enclosing transaction (and an SPI connection
+/// opened outside) goes on. Results made inside must not refer to memory of
+/// the subtransaction.
+pub fn in_subtransaction<R>(body: impl FnOnce() -> R) -> Result<R, CapturedError> {
+    // SAFETY: inside a transaction; we save the caller's memory context and
+    // resource owner and restore them on both ways out, as plpgsql's
+    // exec_stmt_block does.
+    let (context, owner) = unsafe {
+        let saved = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(saved.0);
+        saved
+    };
+    let restore = move || {
+        // SAFETY: the context and owner saved above outlive the subtransaction.
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+        }
+    };
+    // The caller's state is discarded with the subtransaction on ERROR.
+    let body = std::panic::AssertUnwindSafe(body);
+    pgrx::PgTryBuilder::new(move || {
+        let body = body;
+        let result = (body.0)();
+        // SAFETY: commits the subtransaction begun above.
+        unsafe { pg_sys::ReleaseCurrentSubTransaction() };
+        restore();
+        Ok(result)
+    })
+    .catch_others(|caught| {
+        restore();
+        // SAFETY: pgrx has copied and flushed the error state; this rolls
+        // back everything the body did, SPI state included.
+        unsafe { pg_sys::RollbackAndReleaseCurrentSubTransaction() };
+        restore();
+        Err(CapturedError::from(&caught))
+    })
+    .execute()
 }

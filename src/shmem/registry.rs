@@ -253,6 +253,19 @@ pub fn set_stopping(ticket: Ticket) {
 
 /// From the worker's exit callback: 'stopped' after a clean exit or SIGTERM,
 /// 'failed' (with the error) otherwise.
+/// Sends SIGTERM to `pid` only while it is the live worker of this entry.
+/// The registry lock is held meanwhile, and a worker leaves its entry (under
+/// that lock) before it exits, so the pid cannot have been reused by another
+/// process. False if it is no longer that worker.
+pub fn sigterm_if_current(ticket: Ticket, pid: i32) -> bool {
+    REGISTRY.read(|entries| {
+        entries
+            .get(ticket.slot as usize)
+            .is_some_and(|e| e.in_use && e.epoch == ticket.epoch && e.pid == pid && pid > 0)
+            && pg::send_sigterm(pid)
+    })
+}
+
 pub fn detach(ticket: Ticket, error: Option<CapturedError>) {
     const ADMIN_SHUTDOWN: &str = "57P01";
     let launcher = with_ticket(ticket, |e| {

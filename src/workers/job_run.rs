@@ -4,7 +4,7 @@
 //! slot. An error ends the process, as in any background worker; the
 //! scheduler then takes the error from the registry.
 
-use crate::pg::{self, Connection};
+use crate::pg::{self, CapturedError, Connection};
 use crate::shmem::job_slots::{self, Outcome, RESULT_MAX, Status};
 use crate::shmem::{Kind, registry};
 use crate::workers::registration::ConnectArgs;
@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiTupleTable;
 use serde_json::{Map, Value};
 use std::ffi::CString;
+use std::time::{Duration, Instant};
 
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -59,12 +60,20 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
     if job.timeout_ms > 0 {
         pg::arm_statement_timeout(job.timeout_ms);
     }
+    let started = Instant::now();
     let (rows, result) = pg::in_transaction(shown, || {
-        Spi::connect_mut(|client| {
-            let table = client.update(sql.as_str(), None, &[])?;
-            let rows = table.len() as i64;
-            Ok::<_, pgrx::spi::Error>((rows, first_rows(table)))
-        })
+        pg::inspect_error(
+            || {
+                Spi::connect_mut(|client| {
+                    let table = client.update(sql.as_str(), None, &[])?;
+                    let rows = table.len() as i64;
+                    Ok::<_, pgrx::spi::Error>((rows, first_rows(table)))
+                })
+            },
+            // The outcome, taken where the error is raised; the error then
+            // ends the worker as in any background worker.
+            |e| job_slots::finish(slot, &failure(e, started.elapsed(), job.timeout_ms)),
+        )
     })
     .unwrap_or_else(|e| error!("{e}"));
 
@@ -80,6 +89,23 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
     // Exit code 0: the postmaster forgets the worker; it notifies the
     // scheduler (bgw_notify_pid), which records the outcome.
     pg::exit_quietly();
+}
+
+/// How a run that raised `e` ended: 57014 is a timeout once the run's
+/// `timeout` has passed, and otherwise a cancel (`pg_cancel_backend`).
+fn failure(e: &CapturedError, ran: Duration, timeout_ms: i32) -> Outcome {
+    let timed_out = timeout_ms > 0 && ran >= Duration::from_millis(timeout_ms as u64);
+    let status = match e.sqlstate().as_str() {
+        "57014" if timed_out => Status::TimedOut,
+        "57014" => Status::Cancelled,
+        _ => Status::Failed,
+    };
+    Outcome {
+        status,
+        rows: 0,
+        error: Some(e.clone()),
+        result: None,
+    }
 }
 
 /// The first rows of the result as a JSON array of objects, as many as fit
@@ -143,7 +169,56 @@ fn json_value(text: String, type_oid: pg_sys::Oid) -> Value {
             Ok(n) if n.to_string() == text => Value::Number(n),
             _ => Value::String(text),
         },
-        Ok(t) if json.contains(&t) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        // jsonb has no NUL character: a json value with "\u0000" stays text.
+        Ok(t) if json.contains(&t) => match serde_json::from_str::<Value>(&text) {
+            Ok(v) if !has_nul(&v) => v,
+            _ => Value::String(text),
+        },
         _ => Value::String(text),
+    }
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn json_with_nul_stays_text_for_jsonb() {
+        let text = r#"{"a": "x\u0000y"}"#.to_string();
+        assert_eq!(
+            json_value(text.clone(), pg_sys::JSONOID),
+            Value::String(text)
+        );
+        let ok = r#"{"a": [1, "b"]}"#.to_string();
+        assert_eq!(
+            json_value(ok, pg_sys::JSONOID),
+            serde_json::json!({"a": [1, "b"]})
+        );
+    }
+
+    #[test]
+    fn timeouts_and_cancels_are_told_apart() {
+        let e = |code: &str| CapturedError {
+            sqlerrcode: code
+                .bytes()
+                .enumerate()
+                .map(|(i, b)| ((b - b'0') as i32 & 0x3f) << (6 * i))
+                .sum(),
+            message: String::new(),
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(failure(&e("57014"), ms(300), 300).status, Status::TimedOut);
+        assert_eq!(failure(&e("57014"), ms(10), 300).status, Status::Cancelled);
+        assert_eq!(failure(&e("57014"), ms(10), 0).status, Status::Cancelled);
+        assert_eq!(failure(&e("22012"), ms(10), 300).status, Status::Failed);
     }
 }

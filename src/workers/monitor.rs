@@ -18,6 +18,7 @@ pub extern "C-unwind" fn bgworker_rs_monitor_main(_main_arg: pg_sys::Datum) {
     registry::enter(Kind::Monitor, 0, 0, 0, None);
     pg::install_signal_handlers();
     super::connect_as_configured();
+    pg::pin_search_path_for_process();
 
     let mut in_recovery = server_in_recovery();
     log!("bgworker_rs monitor started; server in recovery: {in_recovery}");

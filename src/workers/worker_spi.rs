@@ -35,6 +35,8 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
 
     pg::install_signal_handlers();
     connect(args);
+    // Its own SQL means the same whatever the database or role sets.
+    pg::pin_search_path_for_process();
 
     let name = pg::worker_name();
     log!("{name} initialized with {schema}.{TABLE}");

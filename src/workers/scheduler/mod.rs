@@ -1,0 +1,255 @@
+//! The job scheduler: a static worker (when `bgworker_rs.max_jobs` > 0)
+//! connected to `bgworker_rs.database`, where the jobs are kept. Each time it
+//! wakes (a job committed or cancelled, a run's worker exited, a run due) it
+//! does one transaction, with the extension's tables through `store` (pinned
+//! path, the extension owner's rights):
+//! 1. the first time, marks runs that a crash or restart left unfinished as
+//!    failed;
+//! 2. cancels jobs whose role, creator or database was dropped, with the
+//!    reason;
+//! 3. records the outcomes its run workers left in the job slots
+//!    (`outcomes`);
+//! 4. starts the runs that are due (`starts`): a job slot, a registry entry,
+//!    a run row, then (after commit) a dynamic worker.
+//!
+//! Each job is handled in a subtransaction of its own: a failure (bad data,
+//! arithmetic, a result that cannot be stored) is recorded on that job's
+//! run, a row a client holds locked is skipped until the next wake, and no
+//! job can make the scheduler exit. It then wakes `bgw_result()` waiters
+//! and sleeps until the next run is due.
+
+mod outcomes;
+mod starts;
+
+use crate::pg::{self, Connection};
+use crate::settings;
+use crate::shmem::{Kind, job_slots, registry};
+use crate::store::{self, SpiResult, Tables};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Longest sleep between two looks at the tables, in case a wake-up was lost.
+const MAX_SLEEP_MS: i64 = 60_000;
+/// Sleep after a wake that left work for later (a locked row, an error).
+const RETRY_MS: i64 = 1_000;
+/// How long a job the scheduler could not handle at all is left alone.
+const QUARANTINE: Duration = Duration::from_secs(60);
+/// How long the scheduler waits for a lock before it leaves the work for
+/// the next wake; row locks are skipped without waiting.
+const LOCK_TIMEOUT: &std::ffi::CStr = c"1s";
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
+    pg::capture_errors();
+    registry::enter(Kind::Scheduler, 0, 0, 0, None);
+    pg::install_signal_handlers();
+    // As the bootstrap superuser, so that it can read every role and
+    // database; its SQL runs with the extension owner's rights (`store`).
+    let database = settings::DATABASE
+        .get()
+        .unwrap_or_else(|| c"postgres".to_owned());
+    pg::connect(
+        &Connection::Names {
+            database: &database,
+            role: None,
+        },
+        0,
+    );
+    // Over any ALTER DATABASE/ROLE ... SET.
+    pg::pin_search_path_for_process();
+    pg::set_option_for_process(c"lock_timeout", LOCK_TIMEOUT);
+    registry::report_running();
+    log!(
+        "bgworker_rs job scheduler started in database \"{}\" with {} job slots",
+        database.to_string_lossy(),
+        settings::MAX_JOBS.get()
+    );
+
+    let mut state = State {
+        first: true,
+        quarantine: HashMap::new(),
+    };
+    loop {
+        let outcome = pg::in_transaction(c"bgworker_rs job scheduler", || {
+            pg::in_subtransaction(|| tick(&mut state))
+        });
+        let sleep_ms = match outcome {
+            Ok(Ok(tick)) => {
+                for (slot, job, run) in &tick.recorded {
+                    job_slots::free(*slot, *job, *run);
+                }
+                job_slots::announce_recorded();
+                let failed_launches = starts::launch(&tick.launches);
+                if failed_launches {
+                    0 // record them at once
+                } else if tick.retry {
+                    tick.next_due_ms.clamp(0, RETRY_MS)
+                } else {
+                    tick.next_due_ms.clamp(0, MAX_SLEEP_MS)
+                }
+            }
+            // Not one job's fault (those are handled inside): the tables
+            // are locked or unreadable. Try again, never exit.
+            Ok(Err(e)) | Err(e) => {
+                warning!(
+                    "bgworker_rs job scheduler: {} (SQLSTATE {}); trying again",
+                    e.message,
+                    e.sqlstate()
+                );
+                RETRY_MS
+            }
+        };
+        pg::wait_latch(sleep_ms, pg::worker_wait_event());
+        pg_sys::check_for_interrupts!();
+        pg::reload_config_if_requested();
+        registry::report_iteration();
+    }
+}
+
+/// What the scheduler keeps from one wake to the next.
+struct State {
+    /// No wake has completed yet: look for runs a crash left unfinished.
+    first: bool,
+    /// Jobs left alone until then, because handling them failed and even
+    /// recording that failed.
+    quarantine: HashMap<i64, Instant>,
+}
+
+impl State {
+    fn quarantined(&mut self) -> Vec<i64> {
+        let now = Instant::now();
+        self.quarantine.retain(|_, until| *until > now);
+        self.quarantine.keys().copied().collect()
+    }
+}
+
+struct Tick {
+    /// Slots whose outcome is committed: (slot, job, run).
+    recorded: Vec<(usize, i64, i32)>,
+    launches: Vec<starts::Launch>,
+    next_due_ms: i64,
+    /// Something was left for the next wake (a locked row, an error).
+    retry: bool,
+}
+
+fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
+    let tick = store::with_tables(|client, t| {
+        let mut tick = Tick {
+            recorded: Vec::new(),
+            launches: Vec::new(),
+            next_due_ms: settings::NAPTIME_MS.get().into(),
+            retry: false,
+        };
+        let busy = job_slots::busy();
+        if state.first {
+            match pg::in_subtransaction(|| outcomes::mark_lost(client, t, &busy)) {
+                Ok(result) => result?,
+                Err(e) => {
+                    warning!(
+                        "bgworker_rs job scheduler: cannot mark lost runs: {}",
+                        e.message
+                    );
+                    tick.retry = true;
+                }
+            }
+        }
+        match pg::in_subtransaction(|| cancel_orphans(client, t)) {
+            Ok(result) => result?,
+            Err(_) => tick.retry = true,
+        }
+        outcomes::record_finished(client, t, &busy, state.first, &mut tick);
+        // Jobs with a run in progress: not due, however late; their worker's
+        // exit wakes us (bgw_notify_pid).
+        let mut skip: Vec<i64> = busy
+            .iter()
+            .filter(|(i, _)| !tick.recorded.iter().any(|(r, ..)| r == i))
+            .map(|(_, s)| s.job)
+            .collect();
+        skip.extend(state.quarantined());
+        starts::start_due(client, t, &skip, state, &mut tick);
+        skip.extend(tick.launches.iter().map(|l| l.job));
+        // After the claims made above nothing may fail the whole wake.
+        match pg::in_subtransaction(|| next_due_ms(client, t, &skip)) {
+            Ok(Ok(ms)) => tick.next_due_ms = ms,
+            _ => tick.retry = true,
+        }
+        Ok(tick)
+    });
+    match tick {
+        Ok(Some(tick)) => {
+            if !tick.retry {
+                state.first = false;
+            }
+            Ok(tick)
+        }
+        // CREATE EXTENSION has not run here yet.
+        Ok(None) => Ok(Tick {
+            recorded: Vec::new(),
+            launches: Vec::new(),
+            next_due_ms: settings::NAPTIME_MS.get().into(),
+            retry: false,
+        }),
+        Err(e) => Err(pg::CapturedError {
+            sqlerrcode: PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Jobs whose role, creator or database no longer exists never run again:
+/// a role created later with the same name is another identity. Rows a
+/// client holds locked wait for the next wake.
+fn cancel_orphans(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<()> {
+    let cancelled = client
+        .update(
+            &format!(
+                "WITH orphan AS ( \
+                   SELECT id, \
+                          CASE WHEN NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = d.created_by) \
+                                 THEN format('role with OID %s, the job''s creator, was dropped', d.created_by::oid) \
+                               WHEN NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = d.role) \
+                                 THEN format('role with OID %s, which the job runs as, was dropped', d.role::oid) \
+                               ELSE format('database with OID %s was dropped', d.database) END AS why \
+                     FROM {defs} d \
+                    WHERE state = 'scheduled' \
+                      AND (NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = d.created_by) \
+                           OR NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = d.role) \
+                           OR NOT EXISTS (SELECT FROM pg_database db WHERE db.oid = d.database)) \
+                      FOR NO KEY UPDATE OF d SKIP LOCKED) \
+                 UPDATE {defs} d SET state = 'cancelled', next_run_at = NULL, reason = orphan.why \
+                   FROM orphan WHERE d.id = orphan.id RETURNING d.id, orphan.why",
+                defs = t.defs
+            ),
+            None,
+            &[],
+        )?;
+    for row in cancelled {
+        let (job, why) = (row.get::<i64>(1)?, row.get::<String>(2)?);
+        log!(
+            "bgworker_rs job scheduler: job {} cancelled: {}",
+            job.unwrap_or(0),
+            why.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Milliseconds until the next due run of a job not in `skip`.
+fn next_due_ms(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResult<i64> {
+    Ok(client
+        .update(
+            &format!(
+                "SELECT (extract(epoch FROM min(next_run_at) - clock_timestamp()) * 1000)::int8 \
+                   FROM {} WHERE state = 'scheduled' AND id <> ALL($1)",
+                t.defs
+            ),
+            None,
+            &[skip.to_vec().into()],
+        )?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(MAX_SLEEP_MS))
+}

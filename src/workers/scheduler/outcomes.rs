@@ -1,0 +1,224 @@
+//! Recording the outcomes that run workers (or failed launches) left in the
+//! job slots, and the runs a crash left unfinished.
+
+use super::Tick;
+use crate::pg::{self, CapturedError, WorkerStatus};
+use crate::shmem::job_slots::{self, Outcome, Slot, SlotState, Status};
+use crate::shmem::registry::{self, Ticket};
+use crate::store::{SpiResult, Tables};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+/// Records every finished run, each in a subtransaction of its own. A run
+/// whose job row a client holds locked is left for the next wake; one whose
+/// outcome cannot be stored is recorded as failed, with why.
+pub(super) fn record_finished(
+    client: &mut SpiClient<'_>,
+    t: &Tables,
+    busy: &[(usize, Slot)],
+    first: bool,
+    tick: &mut Tick,
+) {
+    for (i, slot) in busy {
+        // A worker may have left its outcome since `busy` was read.
+        let slot = &job_slots::get(*i).unwrap_or(*slot);
+        let Some(outcome) = finished(slot, first) else {
+            continue;
+        };
+        let stored = match pg::in_subtransaction(|| record(client, t, slot, &outcome)) {
+            Ok(Ok(())) => true,
+            Err(e) if e.sqlstate() == "55P03" => false, // locked: next wake
+            Ok(Err(e)) => stored_as_failed(client, t, slot, &outcome, &e.to_string()),
+            Err(e) => stored_as_failed(client, t, slot, &outcome, &e.message),
+        };
+        if stored {
+            tick.recorded.push((*i, slot.job, slot.run));
+        } else {
+            tick.retry = true;
+        }
+    }
+}
+
+fn stored_as_failed(
+    client: &mut SpiClient<'_>,
+    t: &Tables,
+    slot: &Slot,
+    outcome: &Outcome,
+    why: &str,
+) -> bool {
+    let failed = Outcome {
+        status: Status::Failed,
+        rows: outcome.rows,
+        error: Some(error(
+            PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
+            format!("the run's outcome could not be recorded: {why}"),
+        )),
+        result: None,
+    };
+    matches!(
+        pg::in_subtransaction(|| record(client, t, slot, &failed)),
+        Ok(Ok(()))
+    )
+}
+
+/// Runs left unfinished by a crash or a restart: their worker is gone, and
+/// no job slot holds them (a crash reinitializes shared memory).
+pub(super) fn mark_lost(
+    client: &mut SpiClient<'_>,
+    t: &Tables,
+    busy: &[(usize, Slot)],
+) -> SpiResult<()> {
+    let jobs: Vec<i64> = busy.iter().map(|(_, s)| s.job).collect();
+    let runs: Vec<i32> = busy.iter().map(|(_, s)| s.run).collect();
+    let lost = client
+        .update(
+            &format!(
+                "UPDATE {runs} SET status = 'failed', finished_at = clock_timestamp(), \
+                        sqlstate = '57P02', \
+                        error = 'the run was interrupted: the server crashed or restarted before it finished' \
+                  WHERE finished_at IS NULL \
+                    AND (job, run) NOT IN (SELECT * FROM unnest($1::int8[], $2::int4[])) \
+                 RETURNING job",
+                runs = t.runs
+            ),
+            None,
+            &[jobs.into(), runs.into()],
+        )?
+        .len();
+    if lost > 0 {
+        client.update(
+            &format!(
+                "UPDATE {defs} d SET state = 'finished' \
+                  WHERE every IS NULL AND state = 'scheduled' AND runs > 0 \
+                    AND NOT EXISTS (SELECT 1 FROM {runs} r WHERE r.job = d.id AND r.finished_at IS NULL)",
+                defs = t.defs,
+                runs = t.runs
+            ),
+            None,
+            &[],
+        )?;
+        log!("bgworker_rs job scheduler: marked {lost} unfinished run(s) as failed");
+    }
+    Ok(())
+}
+
+pub(super) fn error(code: PgSqlErrorCode, message: impl Into<String>) -> CapturedError {
+    CapturedError {
+        sqlerrcode: code as i32,
+        message: message.into(),
+    }
+}
+
+/// The outcome of a slot's run, if it is over.
+fn finished(slot: &Slot, first: bool) -> Option<Outcome> {
+    match slot.state {
+        SlotState::Done => Some(Outcome {
+            status: slot.status,
+            rows: slot.rows,
+            error: slot.error(),
+            result: slot.result(),
+        }),
+        SlotState::Launched => match pg::worker_status(slot.handle) {
+            // Read the slot again: the worker may have finished meanwhile.
+            WorkerStatus::Stopped => Some(match job_slots::get_done(slot) {
+                Some(done) => finished(&done, first)?,
+                None => ended_without_outcome(slot),
+            }),
+            _ => None,
+        },
+        // Reserved by an earlier life of this scheduler that died before it
+        // registered the worker.
+        SlotState::Reserved if first => Some(Outcome {
+            status: Status::Failed,
+            rows: 0,
+            error: Some(error(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "the job scheduler restarted before the run's worker was started",
+            )),
+            result: None,
+        }),
+        _ => None,
+    }
+}
+
+/// A run whose worker exited without leaving an outcome: cancelled, or
+/// ended by an error, which the registry kept.
+fn ended_without_outcome(slot: &Slot) -> Outcome {
+    let ticket = Ticket {
+        slot: slot.registry_slot,
+        epoch: slot.registry_epoch,
+    };
+    let entry = registry::get(ticket);
+    let terminated = |message: &str| error(PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN, message);
+    let (status, error) = match entry.and_then(|e| e.last_error()) {
+        _ if slot.cancel_requested => (Status::Cancelled, terminated("cancelled by bgw_cancel()")),
+        Some(e) if e.sqlstate() == "57014" => {
+            let ran_ms = entry.map_or(0, |e| (pg::now() - e.started_at) / 1000);
+            if slot.timeout_ms > 0 && ran_ms >= slot.timeout_ms.into() {
+                (Status::TimedOut, e)
+            } else {
+                (Status::Cancelled, e) // pg_cancel_backend
+            }
+        }
+        Some(e) => (Status::Failed, e),
+        // The registry keeps no error for SIGTERM (bgw_terminate,
+        // pg_terminate_backend): the worker counts as stopped.
+        None if entry.is_some_and(|e| e.state == registry::State::Stopped) => (
+            Status::Cancelled,
+            terminated("the run's worker was terminated"),
+        ),
+        None => (
+            Status::Failed,
+            error(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                "the run's worker exited without reporting an outcome",
+            ),
+        ),
+    };
+    Outcome {
+        status,
+        rows: 0,
+        error: Some(error),
+        result: None,
+    }
+}
+
+fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> SpiResult<()> {
+    client.update(
+        &format!(
+            "UPDATE {} SET finished_at = clock_timestamp(), status = $3, rows = $4, \
+                    sqlstate = $5, error = $6, result = $7::jsonb, pid = nullif($8, 0) \
+              WHERE job = $1 AND run = $2 AND finished_at IS NULL",
+            t.runs
+        ),
+        None,
+        &[
+            slot.job.into(),
+            slot.run.into(),
+            o.status.as_str().into(),
+            o.rows.into(),
+            o.error.as_ref().map(|e| e.sqlstate()).into(),
+            o.error.as_ref().map(|e| e.message.clone()).into(),
+            o.result.clone().into(),
+            slot.pid.into(),
+        ],
+    )?;
+    finish_one_shot(client, t, slot.job)
+}
+
+/// A one-shot job is finished once its run is. NOWAIT: a client may hold
+/// the job's row (an open transaction that called `bgw_cancel`); the
+/// scheduler never waits for it, and records the outcome at a later wake.
+pub(super) fn finish_one_shot(client: &mut SpiClient<'_>, t: &Tables, job: i64) -> SpiResult<()> {
+    client.update(
+        &format!(
+            "UPDATE {defs} SET state = 'finished' \
+              WHERE id = (SELECT id FROM {defs} WHERE id = $1 AND every IS NULL \
+                             AND state = 'scheduled' FOR NO KEY UPDATE NOWAIT)",
+            defs = t.defs
+        ),
+        None,
+        &[job.into()],
+    )?;
+    Ok(())
+}
