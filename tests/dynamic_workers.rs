@@ -283,7 +283,7 @@ fn permissions() {
     assert!(
         detail
             .unwrap_or_default()
-            .contains("privileges of role \"postgres\"")
+            .contains("may SET ROLE to \"postgres\"")
     );
     let (code, msg, ..) = expect_error(&mut alice, "SELECT bgw_launch(1, NULL, 'bob')");
     assert_eq!(

@@ -716,6 +716,55 @@ fn a_renamed_role_keeps_running_its_jobs() {
     finish(&mut c);
 }
 
+/// Jobs keep the database's identity: a renamed database keeps its jobs; a
+/// dropped one takes them off the schedule with a reason, and a database
+/// created later under the same name never receives them.
+#[test]
+fn a_renamed_database_keeps_its_jobs_and_a_dropped_one_ends_them() {
+    let (_cluster, mut c) = start_cluster(&[]);
+    c.batch_execute("CREATE DATABASE other").unwrap();
+    let job = run(
+        &mut c,
+        "SELECT bgw_run('SELECT current_database()::text AS db', every => '200ms', \
+                        database => 'other')",
+    );
+    assert_eq!(result(&mut c, job)["result"], json!([{"db": "other"}]));
+    // A run's worker may be connected at any moment: try until it is not.
+    wait_until("ALTER DATABASE other RENAME TO renamed", T, || {
+        c.batch_execute("ALTER DATABASE other RENAME TO renamed")
+            .ok()
+    });
+    let n = finished_runs(&mut c, job);
+    wait_runs(&mut c, job, n + 3);
+    for (number, state, outcome) in &runs_after(&mut c, job, n as i32 + 1) {
+        assert_eq!(
+            (state.as_str(), outcome.as_deref()),
+            ("succeeded", Some(r#"[{"db": "renamed"}]"#)),
+            "run {number} after the rename"
+        );
+    }
+
+    c.batch_execute("DROP DATABASE renamed WITH (FORCE)")
+        .unwrap();
+    c.batch_execute("CREATE DATABASE renamed").unwrap();
+    let last = last_run(&mut c, job);
+    let (state, reason) = wait_until("the job is cancelled", T, || {
+        let (state, reason) = state_and_reason(&mut c, job);
+        (state == "cancelled").then_some((state, reason))
+    });
+    assert_eq!(state, "cancelled");
+    let reason = reason.expect("a reason");
+    assert!(reason.contains("database with OID"), "{reason}");
+    // Whatever ran after the drop did not succeed in the new database.
+    for (number, state, outcome) in &runs_after(&mut c, job, last) {
+        assert_ne!(
+            state, "succeeded",
+            "run {number} after the drop: {outcome:?}"
+        );
+    }
+    finish(&mut c);
+}
+
 /// A role dropped while it has a recurring job, and a new superuser created
 /// under the same name: the job never runs as the newcomer. Either DROP
 /// ROLE succeeds and the job is taken off the schedule with a reason, or it
@@ -1197,5 +1246,55 @@ fn dump_and_restore_keep_the_jobs_and_never_reuse_an_id() {
     );
     assert_eq!(result(&mut c, newest)["result"], json!([{"n": 4}]));
     assert_eq!(result(&mut c, ids[0])["result"], json!([{"n": 1}]));
+    finish(&mut c);
+}
+
+/// The worker_spi port writes `schemaN.counted` with its role's rights. A
+/// role with CREATE on the database that makes `schema7.counted` first, with
+/// a trigger, must not have the trigger run as the superuser who launches
+/// worker 7: the launch fails with 42501 and the trigger never runs.
+#[test]
+fn a_worker_never_uses_a_schema_a_lesser_role_made_for_it() {
+    let (cluster, mut c) = start_cluster(&[]);
+    let mut att = attacker(&cluster);
+    plant(&mut att, "public");
+    att.batch_execute(
+        "CREATE SCHEMA schema7; \
+         CREATE TABLE schema7.counted (type text, value integer); \
+         CREATE TRIGGER trap BEFORE INSERT OR UPDATE OR DELETE ON schema7.counted \
+           FOR EACH STATEMENT EXECUTE FUNCTION public.bgw_evil_trigger()",
+    )
+    .expect("the attacker prepares schema7");
+    let e = c
+        .batch_execute("SELECT bgw_launch(7)")
+        .expect_err("launching into the attacker's schema");
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        message,
+        "schema \"schema7\" is owned by role \"attacker\", not by the worker's role \"postgres\""
+    );
+    // The attacker's table in a schema of the worker's role: refused too.
+    c.batch_execute(
+        "DROP SCHEMA schema7 CASCADE; CREATE SCHEMA schema8; \
+                     GRANT CREATE ON SCHEMA schema8 TO attacker",
+    )
+    .unwrap();
+    att.batch_execute(
+        "CREATE TABLE schema8.counted (type text, value integer); \
+         CREATE TRIGGER trap BEFORE INSERT OR UPDATE OR DELETE ON schema8.counted \
+           FOR EACH STATEMENT EXECUTE FUNCTION public.bgw_evil_trigger()",
+    )
+    .expect("the attacker's table in schema8");
+    let e = c
+        .batch_execute("SELECT bgw_launch(8)")
+        .expect_err("launching onto the attacker's table");
+    assert_eq!(sqlstate(&e), "42501", "{e}");
+    // A worker with its own schema still runs.
+    c.batch_execute("SELECT bgw_launch(9)")
+        .expect("launch worker 9");
     finish(&mut c);
 }

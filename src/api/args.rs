@@ -39,28 +39,27 @@ pub fn duration(value: Option<Interval>, name: &str) -> Option<Duration> {
         i64::from(value.days()),
         value.micros(),
     ];
-    let invalid = |message: String, detail: &str| -> ! {
-        UserError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message)
-            .detail(detail)
-            .raise()
+    let invalid = |message: String, detail: Option<&str>| -> ! {
+        let error = UserError::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message);
+        match detail {
+            Some(detail) => error.detail(detail).raise(),
+            None => error.raise(),
+        }
     };
     // PostgreSQL 17+ infinity: every part at its extreme.
     if value.months() == i32::MAX || value.months() == i32::MIN {
         invalid(
             format!("{name} must be finite"),
-            "Pass NULL for none, or a finite interval.",
+            Some("Pass NULL for none, or a finite interval."),
         );
     }
     if parts.iter().all(|&p| p <= 0) && parts.iter().any(|&p| p < 0) {
-        invalid(
-            format!("{name} must not be negative"),
-            "Pass NULL for none, or a positive interval.",
-        );
+        invalid(format!("{name} must not be negative"), None);
     }
     if parts.iter().any(|&p| p < 0) {
         invalid(
             format!("{name} must not mix positive and negative parts"),
-            "Months, days and time must each be zero or positive, as in '1 day 2 hours'.",
+            Some("Months, days and time must each be zero or positive, as in '1 day 2 hours'."),
         );
     }
     Some(Duration::from_micros(

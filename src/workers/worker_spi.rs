@@ -121,13 +121,18 @@ fn initialize(index: i32, schema: &str) {
             // Not read-only, so this statement takes a fresh snapshot and sees
             // what a worker holding the lock before us committed.
             let row = client.update(
-                "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = $1), to_regclass($2) IS NOT NULL",
+                "SELECT (SELECT nspowner FROM pg_namespace WHERE nspname = $1), \
+                        (SELECT relowner FROM pg_class WHERE oid = to_regclass($2))",
                 None,
                 &[schema.into(), format!("{s}.{t}").into()],
             )?;
             let row = row.first();
-            let schema_exists = row.get::<i64>(1)?.unwrap_or(0) > 0;
-            let table_exists = row.get::<bool>(2)?.unwrap_or(false);
+            let schema_owner = row.get::<pg_sys::Oid>(1)?;
+            let table_owner = row.get::<pg_sys::Oid>(2)?;
+            for (what, owner) in [("schema", schema_owner), ("table", table_owner)] {
+                refuse_foreign_owner(what, schema, owner);
+            }
+            let (schema_exists, table_exists) = (schema_owner.is_some(), table_owner.is_some());
             if !schema_exists {
                 client.update(create_schema.as_str(), None, &[])?;
             } else if !table_exists {
@@ -137,6 +142,32 @@ fn initialize(index: i32, schema: &str) {
         })
     })
     .unwrap_or_else(|e| error!("cannot initialize {schema}.{TABLE}: {e}"));
+}
+
+/// The worker writes `schemaN.counted` with its role's rights, often a
+/// superuser's: a schema or table that another, lesser role created first
+/// (with a trigger, say) would run that role's code with those rights. Only
+/// objects of the worker's own role, or of a superuser, are used.
+fn refuse_foreign_owner(what: &str, schema: &str, owner: Option<pg_sys::Oid>) {
+    let me = pg::current_user();
+    let Some(owner) = owner.filter(|&o| o != me && !pg::is_role_superuser(o)) else {
+        return;
+    };
+    let name = if what == "schema" {
+        format!("schema \"{schema}\"")
+    } else {
+        format!("table \"{schema}.{TABLE}\"")
+    };
+    pg::UserError::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!(
+            "{name} is owned by role \"{}\", not by the worker's role \"{}\"",
+            pg::role_name(owner),
+            pg::role_name(me)
+        ),
+    )
+    .hint("Drop or rename it; the worker creates its own.")
+    .raise();
 }
 
 /// worker_spi's statement, built once per worker and kept for the life of the
