@@ -20,7 +20,9 @@ BEGIN
 END
 $$;
 
--- The one exception: the view bgw_jobs calls bgw_job_pid(), and a function in
--- a view runs with the privileges of whoever reads the view. It only tells
--- the pid of a job's run; reading the view still needs SELECT on it.
+-- The exceptions: the view bgw_jobs calls bgw_job_pid() and bgw_job_visible(),
+-- and a function in a view runs with the privileges of whoever reads the
+-- view. They tell only the pid of a job's run, and whether the reader may
+-- manage a job; reading the view still needs SELECT on it.
 GRANT EXECUTE ON FUNCTION @extschema@.bgw_job_pid(pg_catalog.int8) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.bgw_job_visible(pg_catalog.oid, pg_catalog.oid) TO PUBLIC;

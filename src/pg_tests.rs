@@ -86,7 +86,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn only_bgw_job_pid_is_executable_by_public() {
+    fn only_the_view_helpers_are_executable_by_public() {
         // The extension's own functions; the pg_test build adds schema "tests".
         let ours = "SELECT p.oid FROM pg_proc p \
              JOIN pg_depend d ON d.objid = p.oid AND d.classid = 'pg_proc'::regclass \
@@ -97,13 +97,14 @@ mod tests {
             total.unwrap_or(0) >= 1,
             "the check below must look at our functions"
         );
-        // bgw_job_pid only tells a pid; the view bgw_jobs calls it as its reader.
+        // The view bgw_jobs calls these as its reader: one tells a pid, the
+        // other whether the reader may manage a job.
         let public = Spi::get_one::<String>(&format!(
-            "SELECT string_agg(f.oid::regproc::text, ',') FROM ({ours}) f \
+            "SELECT string_agg(f.oid::regproc::text, ',' ORDER BY f.oid::regproc::text) FROM ({ours}) f \
              WHERE has_function_privilege('public', f.oid, 'EXECUTE')"
         ))
         .unwrap();
-        assert_eq!(public.as_deref(), Some("bgw_job_pid"));
+        assert_eq!(public.as_deref(), Some("bgw_job_pid,bgw_job_visible"));
     }
 
     #[pg_test]

@@ -716,53 +716,176 @@ fn a_renamed_role_keeps_running_its_jobs() {
     finish(&mut c);
 }
 
-/// Jobs keep the database's identity: a renamed database keeps its jobs; a
-/// dropped one takes them off the schedule with a reason, and a database
-/// created later under the same name never receives them.
+/// Jobs keep the database's identity, OID and name: a job whose database
+/// was renamed, dropped (and made again under the same name), or whose OID
+/// now names another database (as after a restore into another cluster) is
+/// taken off the schedule with a reason and never runs elsewhere.
 #[test]
-fn a_renamed_database_keeps_its_jobs_and_a_dropped_one_ends_them() {
+fn a_job_never_follows_its_database_oid_or_name_elsewhere() {
     let (_cluster, mut c) = start_cluster(&[]);
-    c.batch_execute("CREATE DATABASE other").unwrap();
-    let job = run(
-        &mut c,
-        "SELECT bgw_run('SELECT current_database()::text AS db', every => '200ms', \
-                        database => 'other')",
-    );
-    assert_eq!(result(&mut c, job)["result"], json!([{"db": "other"}]));
-    // A run's worker may be connected at any moment: try until it is not.
-    wait_until("ALTER DATABASE other RENAME TO renamed", T, || {
-        c.batch_execute("ALTER DATABASE other RENAME TO renamed")
-            .ok()
-    });
-    let n = finished_runs(&mut c, job);
-    wait_runs(&mut c, job, n + 3);
-    for (number, state, outcome) in &runs_after(&mut c, job, n as i32 + 1) {
-        assert_eq!(
-            (state.as_str(), outcome.as_deref()),
-            ("succeeded", Some(r#"[{"db": "renamed"}]"#)),
-            "run {number} after the rename"
-        );
+    for db in ["one", "two", "three"] {
+        c.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
     }
-
-    c.batch_execute("DROP DATABASE renamed WITH (FORCE)")
-        .unwrap();
-    c.batch_execute("CREATE DATABASE renamed").unwrap();
-    let last = last_run(&mut c, job);
-    let (state, reason) = wait_until("the job is cancelled", T, || {
-        let (state, reason) = state_and_reason(&mut c, job);
-        (state == "cancelled").then_some((state, reason))
+    let every = |db: &str| {
+        format!(
+            "SELECT bgw_run('SELECT current_database()::text AS db', every => '200ms', \
+                            database => '{db}')"
+        )
+    };
+    let renamed = run(&mut c, &every("one"));
+    let dropped = run(&mut c, &every("two"));
+    let moved = run(&mut c, &every("three"));
+    for (job, db) in [(renamed, "one"), (dropped, "two"), (moved, "three")] {
+        assert_eq!(result(&mut c, job)["result"], json!([{ "db": db }]));
+    }
+    // A run's worker may be connected at any moment: try until it is not.
+    wait_until("ALTER DATABASE one RENAME TO uno", T, || {
+        c.batch_execute("ALTER DATABASE one RENAME TO uno").ok()
     });
-    assert_eq!(state, "cancelled");
-    let reason = reason.expect("a reason");
-    assert!(reason.contains("database with OID"), "{reason}");
-    // Whatever ran after the drop did not succeed in the new database.
-    for (number, state, outcome) in &runs_after(&mut c, job, last) {
-        assert_ne!(
-            state, "succeeded",
-            "run {number} after the drop: {outcome:?}"
-        );
+    c.batch_execute("DROP DATABASE two WITH (FORCE)").unwrap();
+    c.batch_execute("CREATE DATABASE two").unwrap();
+    // What a restore into another cluster can do: the OID is another's.
+    c.execute(
+        "UPDATE bgw_job_defs SET database = (SELECT oid FROM pg_database \
+          WHERE datname OPERATOR(pg_catalog.=) 'postgres') WHERE id OPERATOR(pg_catalog.=) $1",
+        &[&moved],
+    )
+    .unwrap();
+    for job in [renamed, dropped, moved] {
+        let last = last_run(&mut c, job);
+        let reason = wait_until("the job is cancelled", T, || {
+            let (state, reason) = state_and_reason(&mut c, job);
+            (state == "cancelled").then_some(reason)
+        });
+        let reason = reason.expect("a reason");
+        assert!(reason.contains("was dropped or renamed"), "{reason}");
+        for (number, state, outcome) in &runs_after(&mut c, job, last) {
+            assert_ne!(state, "succeeded", "job {job} run {number}: {outcome:?}");
+        }
     }
     finish(&mut c);
+}
+
+/// An attacker's open transaction that cancelled its own running one-shot
+/// job holds that job's row: the scheduler records the cancelled run and
+/// frees its slot all the same, so with one job slot another user's job
+/// still runs.
+#[test]
+fn a_locked_job_row_never_keeps_a_job_slot() {
+    let (cluster, mut c) = start_cluster(&["bgworker_rs.max_jobs = 1"]);
+    let mut att = attacker(&cluster);
+    let job = run(&mut att, "SELECT bgw_run('SELECT pg_sleep(60)')");
+    wait_until("the attacker's run starts", T, || job_pid(&mut c, job));
+    let mut holder = attacker(&cluster);
+    let mut tx = holder.transaction().unwrap();
+    assert!(cancel(&mut tx, job));
+    // Its run is recorded (and its slot freed) while the row stays locked.
+    wait_runs(&mut c, job, 1);
+    let other = run(&mut c, "SELECT bgw_run('SELECT 7 AS seven')");
+    let r = result_within(&mut c, other, "20s").expect("a job while the attacker holds its row");
+    assert_eq!(status(&r), (Some("succeeded"), None), "{r}");
+    tx.rollback().unwrap();
+    finish(&mut c);
+}
+
+/// The view shows each reader only the jobs it may manage; the statements
+/// of other roles' jobs stay hidden, also from a leaky function in a WHERE
+/// clause (security_barrier).
+#[test]
+fn the_view_shows_only_jobs_the_reader_may_manage() {
+    let (cluster, mut c) = start_cluster(&[]);
+    let mine = run(&mut c, "SELECT bgw_run('SELECT 42 AS secret_password')");
+    let mut att = attacker(&cluster);
+    let theirs = run(&mut att, "SELECT bgw_run('SELECT 1 AS attackers')");
+    att.batch_execute(
+        "CREATE TABLE public.leaked (sql text); \
+         CREATE FUNCTION public.leak(t text) RETURNS bool COST 0.0000001 LANGUAGE plpgsql AS \
+         $$ BEGIN INSERT INTO public.leaked VALUES (t); RETURN true; END $$",
+    )
+    .unwrap();
+    let seen: Vec<i64> = att
+        .query(
+            "SELECT id FROM bgw_jobs WHERE public.leak(sql) ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seen, vec![theirs]);
+    let leaked: Vec<String> = att
+        .query("SELECT sql FROM public.leaked", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !leaked.iter().any(|s| s.contains("secret_password")),
+        "{leaked:?}"
+    );
+    let all = scalar_i64(
+        &mut c,
+        &format!("SELECT count(*) FROM bgw_jobs WHERE id IN ({mine}, {theirs})"),
+    );
+    assert_eq!(all, 2, "a superuser sees every job");
+    finish(&mut c);
+}
+
+/// A guessable advisory lock held by another session cannot keep a worker
+/// from starting (the worker_spi port takes none).
+#[test]
+fn no_session_lock_can_block_a_worker_start() {
+    let (cluster, mut c) = start_cluster(&[]);
+    let mut att = attacker(&cluster);
+    // Keys an earlier version used, and plain ones.
+    att.batch_execute(
+        "SELECT pg_advisory_lock(1650947955, 6), pg_advisory_lock(6), pg_advisory_lock(0, 6)",
+    )
+    .unwrap();
+    c.batch_execute("SET bgworker_rs.launch_timeout = '20s'; SELECT bgw_launch(6)")
+        .expect("worker 6 starts while the attacker holds locks");
+    finish(&mut c);
+}
+
+/// A look-alike of the extension's sequence, made in the target schema
+/// before CREATE EXTENSION, makes the install fail; it is never adopted.
+#[test]
+fn a_planted_sequence_is_never_adopted_by_create_extension() {
+    let cluster = Cluster::start(BASE);
+    let mut c = cluster.connect();
+    c.batch_execute("CREATE DATABASE t2").unwrap();
+    let mut su = cluster.connect_as("postgres", "t2");
+    su.batch_execute("CREATE ROLE attacker LOGIN; GRANT CREATE ON SCHEMA public TO attacker")
+        .unwrap();
+    let mut att = cluster.connect_as("attacker", "t2");
+    att.batch_execute("CREATE SEQUENCE public.bgw_job_defs_id_seq")
+        .unwrap();
+    let e = su
+        .batch_execute("CREATE EXTENSION bgworker_rs")
+        .expect_err("CREATE EXTENSION over a planted sequence");
+    assert_eq!(sqlstate(&e), "42P07", "{e}");
+    let owner: String = su
+        .query_one(
+            "SELECT pg_get_userbyid(relowner)::text FROM pg_class \
+              WHERE relname OPERATOR(pg_catalog.=) 'bgw_job_defs_id_seq'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, "attacker");
+    assert_eq!(
+        scalar_i64(
+            &mut su,
+            "SELECT count(*) FROM pg_extension WHERE extname = 'bgworker_rs'"
+        ),
+        0
+    );
+    drop(su);
+    drop(att);
+    // The extension in database postgres is unaffected.
+    c.batch_execute("CREATE EXTENSION bgworker_rs").unwrap();
+    assert!(!attacker_is_superuser(&mut c));
+    assert_jobs_still_run(&mut c);
 }
 
 /// A role dropped while it has a recurring job, and a new superuser created
@@ -1280,7 +1403,7 @@ fn a_worker_never_uses_a_schema_a_lesser_role_made_for_it() {
     // The attacker's table in a schema of the worker's role: refused too.
     c.batch_execute(
         "DROP SCHEMA schema7 CASCADE; CREATE SCHEMA schema8; \
-                     GRANT CREATE ON SCHEMA schema8 TO attacker",
+                     GRANT USAGE, CREATE ON SCHEMA schema8 TO attacker",
     )
     .unwrap();
     att.batch_execute(

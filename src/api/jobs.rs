@@ -22,9 +22,16 @@ use std::time::Duration;
 pgrx::extension_sql!(
     r#"
 CREATE TABLE @extschema@.bgw_job_defs (
-    id pg_catalog.int8 GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- Named, so that a look-alike made beforehand fails the install instead
+    -- of being taken under another name.
+    id pg_catalog.int8 GENERATED ALWAYS AS IDENTITY
+        (SEQUENCE NAME @extschema@.bgw_job_defs_id_seq) PRIMARY KEY,
     sql pg_catalog.text NOT NULL,
     database pg_catalog.oid NOT NULL,
+    -- The database's name when the job was created: a run needs both to
+    -- match, so that a restore into another cluster, where the OID may be
+    -- another database's, never runs a job there.
+    database_name pg_catalog.name NOT NULL,
     role pg_catalog.regrole NOT NULL,
     every pg_catalog.interval,
     timeout pg_catalog.interval,
@@ -53,6 +60,9 @@ CREATE TABLE @extschema@.bgw_job_runs (
     result pg_catalog.jsonb,
     PRIMARY KEY (job, run)
 );
+CREATE INDEX bgw_job_defs_due ON @extschema@.bgw_job_defs (next_run_at)
+    WHERE state OPERATOR(pg_catalog.=) 'scheduled';
+
 COMMENT ON TABLE @extschema@.bgw_job_runs IS
 'One row per run of a bgw_run() job. rows: rows returned or affected by the last statement; result: its first rows as a JSON array, at most 8 kB; error and sqlstate: why a run failed, was cancelled or timed out.';
 
@@ -62,7 +72,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.bgw_job_defs', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.bgw_job_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.bgw_job_defs_id_seq', '');
 
-CREATE VIEW @extschema@.bgw_jobs AS
+CREATE VIEW @extschema@.bgw_jobs WITH (security_barrier) AS
 SELECT d.id, d.sql,
        (SELECT db.datname FROM pg_catalog.pg_database db
          WHERE db.oid OPERATOR(pg_catalog.=) d.database) AS database,
@@ -73,14 +83,15 @@ SELECT d.id, d.sql,
        pg_catalog.pg_get_userbyid(d.created_by::pg_catalog.oid) AS created_by,
        d.next_run_at, d.runs, p.pid, d.reason
   FROM @extschema@.bgw_job_defs d
-  LEFT JOIN LATERAL (SELECT @extschema@.bgw_job_pid(d.id) AS pid) p ON true;
+  LEFT JOIN LATERAL (SELECT @extschema@.bgw_job_pid(d.id) AS pid) p ON true
+ WHERE @extschema@.bgw_job_visible(d.created_by::pg_catalog.oid, d.role::pg_catalog.oid);
 COMMENT ON VIEW @extschema@.bgw_jobs IS
-'Every bgw_run() job: state is running (pid: its current run), scheduled, finished or cancelled; reason: why the scheduler cancelled it (a dropped role or database).';
+'The bgw_run() jobs the reader may manage (superusers: all): state is running (pid: its current run), scheduled, finished or cancelled; reason: why the scheduler cancelled it (a dropped role or database).';
 
 REVOKE ALL ON @extschema@.bgw_job_defs, @extschema@.bgw_job_runs, @extschema@.bgw_jobs FROM PUBLIC;
 "#,
     name = "jobs_schema",
-    requires = [bgw_job_pid],
+    requires = [bgw_job_pid, bgw_job_visible],
 );
 
 /// The longest `every`: a longer one is a mistake, and near the end of
@@ -185,8 +196,8 @@ fn bgw_run(
         client
             .update(
                 &format!(
-                    "INSERT INTO {} (sql, database, role, every, timeout, created_by, next_run_at) \
-                     VALUES ($1, $2, $3::oid::regrole, $4, $5, $6::oid::regrole, now()) RETURNING id",
+                    "INSERT INTO {} (sql, database, database_name, role, every, timeout, created_by, next_run_at) \
+                     VALUES ($1, $2, $7, $3::oid::regrole, $4, $5, $6::oid::regrole, now()) RETURNING id",
                     t.defs
                 ),
                 None,
@@ -197,6 +208,7 @@ fn bgw_run(
                     every.into(),
                     timeout.into(),
                     me.into(),
+                    pg::database_name(database).into(),
                 ],
             )?
             .first()
@@ -253,13 +265,7 @@ fn job_row(job: i64) -> JobRow {
         )
         .raise()
     };
-    // Superusers, and roles with the privileges of the job's creator or of
-    // the role it runs as.
-    let me = pg::current_user();
-    if !pg::is_superuser()
-        && !pg::has_privs_of_role(me, row.created_by)
-        && !pg::has_privs_of_role(me, row.role)
-    {
+    if !may_manage(row.created_by, row.role) {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("permission denied for bgworker_rs job {job}"),
@@ -387,6 +393,24 @@ fn bgw_cancel(job: Option<i64>) -> bool {
     .unwrap_or_else(|e| error!("cannot cancel job {job}: {e}"));
     wake_scheduler_at_commit();
     stopped || updated > 0
+}
+
+/// Superusers, and roles with the privileges of the job's creator or of the
+/// role it runs as. A dropped role's OID matches nobody but superusers.
+fn may_manage(created_by: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    let me = pg::current_user();
+    pg::is_superuser() || pg::has_privs_of_role(me, created_by) || pg::has_privs_of_role(me, role)
+}
+
+#[pg_extern(sql = r#"
+CREATE FUNCTION bgw_job_visible("created_by" oid, "role" oid) RETURNS bool
+STABLE PARALLEL SAFE STRICT
+LANGUAGE c AS 'MODULE_PATHNAME', 'bgw_job_visible_wrapper';
+COMMENT ON FUNCTION bgw_job_visible(oid, oid) IS
+'May the current user manage a job of this creator and role? The row filter of the view bgw_jobs.';
+"#)]
+fn bgw_job_visible(created_by: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    may_manage(created_by, role)
 }
 
 #[pg_extern(sql = r#"

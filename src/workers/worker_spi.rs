@@ -13,10 +13,6 @@ use std::ffi::{CStr, CString};
 
 const TABLE: &str = "counted";
 
-/// Serializes the first start of workers that share an index, so that two of
-/// them cannot both find the schema missing and both try to create it.
-const INIT_LOCK_CLASS: i32 = 0x6267_7773; // "bgws"
-
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
@@ -40,7 +36,7 @@ pub extern "C-unwind" fn bgworker_rs_main(main_arg: pg_sys::Datum) {
 
     let name = pg::worker_name();
     log!("{name} initialized with {schema}.{TABLE}");
-    initialize(index, &schema);
+    initialize(&schema);
     registry::report_running();
 
     let fold = fold_query(&schema);
@@ -98,7 +94,7 @@ fn connect(args: Option<ConnectArgs>) {
 /// Creates `schemaN.counted` and its unique partial index with worker_spi's
 /// DDL unless the schema exists. Unlike worker_spi, a schema whose table was
 /// dropped gets the table back, so that a restarted worker heals itself.
-fn initialize(index: i32, schema: &str) {
+fn initialize(schema: &str) {
     let (s, t, i) = (
         quote_identifier(schema),
         quote_identifier(TABLE),
@@ -113,30 +109,40 @@ fn initialize(index: i32, schema: &str) {
     );
     pg::in_transaction(c"initializing bgworker_rs schema", || {
         Spi::connect_mut(|client| {
-            client.update(
-                "SELECT pg_advisory_xact_lock($1, $2)",
-                None,
-                &[INIT_LOCK_CLASS.into(), index.into()],
-            )?;
-            // Not read-only, so this statement takes a fresh snapshot and sees
-            // what a worker holding the lock before us committed.
-            let row = client.update(
-                "SELECT (SELECT nspowner FROM pg_namespace WHERE nspname = $1), \
-                        (SELECT relowner FROM pg_class WHERE oid = to_regclass($2))",
-                None,
-                &[schema.into(), format!("{s}.{t}").into()],
-            )?;
-            let row = row.first();
-            let schema_owner = row.get::<pg_sys::Oid>(1)?;
-            let table_owner = row.get::<pg_sys::Oid>(2)?;
-            for (what, owner) in [("schema", schema_owner), ("table", table_owner)] {
-                refuse_foreign_owner(what, schema, owner);
-            }
-            let (schema_exists, table_exists) = (schema_owner.is_some(), table_owner.is_some());
-            if !schema_exists {
-                client.update(create_schema.as_str(), None, &[])?;
-            } else if !table_exists {
-                client.update(create_table.as_str(), None, &[])?;
+            // Two workers starting at once may both find the schema missing:
+            // the second's CREATE fails on the catalog's unique index, and it
+            // looks again. No lock that another session could hold.
+            for attempt in 0..2 {
+                // Not read-only, so this statement takes a fresh snapshot and
+                // sees what another worker committed meanwhile.
+                let row = client.update(
+                    "SELECT (SELECT nspowner FROM pg_namespace WHERE nspname = $1), \
+                            (SELECT relowner FROM pg_class WHERE oid = to_regclass($2))",
+                    None,
+                    &[schema.into(), format!("{s}.{t}").into()],
+                )?;
+                let row = row.first();
+                let schema_owner = row.get::<pg_sys::Oid>(1)?;
+                let table_owner = row.get::<pg_sys::Oid>(2)?;
+                for (what, owner) in [("schema", schema_owner), ("table", table_owner)] {
+                    refuse_foreign_owner(what, schema, owner);
+                }
+                let create = match (schema_owner, table_owner) {
+                    (None, _) => &create_schema,
+                    (Some(_), None) => &create_table,
+                    (Some(_), Some(_)) => return Ok(()),
+                };
+                match pg::in_subtransaction(|| {
+                    client.update(create.as_str(), None, &[]).map(|_| ())
+                }) {
+                    Ok(result) => return result,
+                    Err(e)
+                        if attempt == 0
+                            && ["42P06", "42P07", "23505"].contains(&e.sqlstate().as_str()) => {}
+                    Err(e) => {
+                        pg::UserError::new(PgSqlErrorCode::from(e.sqlerrcode), e.message).raise()
+                    }
+                }
             }
             Ok::<_, pgrx::spi::Error>(())
         })

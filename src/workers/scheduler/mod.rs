@@ -5,12 +5,14 @@
 //! path, the extension owner's rights):
 //! 1. the first time, marks runs that a crash or restart left unfinished as
 //!    failed;
-//! 2. cancels jobs whose role, creator or database was dropped, with the
-//!    reason;
+//! 2. cancels jobs whose role, creator or database was dropped (a database
+//!    also when renamed, or when a restore from another cluster gave its OID
+//!    to another one), with the reason;
 //! 3. records the outcomes its run workers left in the job slots
 //!    (`outcomes`);
-//! 4. starts the runs that are due (`starts`): a job slot, a registry entry,
-//!    a run row, then (after commit) a dynamic worker.
+//! 4. starts the runs that are due (`starts`), at most 64 a wake: a run row,
+//!    a job slot, a registry entry, then (after commit) a dynamic worker;
+//! 5. finishes one-shot jobs whose run is over.
 //!
 //! Each job is handled in a subtransaction of its own: a failure (bad data,
 //! arithmetic, a result that cannot be stored) is recorded on that job's
@@ -146,7 +148,10 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
         let busy = job_slots::busy();
         if state.first {
             match pg::in_subtransaction(|| outcomes::mark_lost(client, t, &busy)) {
-                Ok(result) => result?,
+                Ok(result) => {
+                    result?;
+                    state.first = false;
+                }
                 Err(e) => {
                     warning!(
                         "bgworker_rs job scheduler: cannot mark lost runs: {}",
@@ -171,6 +176,12 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
         skip.extend(state.quarantined());
         starts::start_due(client, t, &skip, state, &mut tick);
         skip.extend(tick.launches.iter().map(|l| l.job));
+        if !matches!(
+            pg::in_subtransaction(|| outcomes::finish_one_shots(client, t)),
+            Ok(Ok(()))
+        ) {
+            tick.retry = true;
+        }
         // After the claims made above nothing may fail the whole wake.
         match pg::in_subtransaction(|| next_due_ms(client, t, &skip)) {
             Ok(Ok(ms)) => tick.next_due_ms = ms,
@@ -179,12 +190,7 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
         Ok(tick)
     });
     match tick {
-        Ok(Some(tick)) => {
-            if !tick.retry {
-                state.first = false;
-            }
-            Ok(tick)
-        }
+        Ok(Some(tick)) => Ok(tick),
         // CREATE EXTENSION has not run here yet.
         Ok(None) => Ok(Tick {
             recorded: Vec::new(),
@@ -212,12 +218,14 @@ fn cancel_orphans(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<()> {
                                  THEN format('role with OID %s, the job''s creator, was dropped', d.created_by::oid) \
                                WHEN NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = d.role) \
                                  THEN format('role with OID %s, which the job runs as, was dropped', d.role::oid) \
-                               ELSE format('database with OID %s was dropped', d.database) END AS why \
+                               ELSE format('database %I with OID %s was dropped or renamed', \
+                                           d.database_name, d.database) END AS why \
                      FROM {defs} d \
                     WHERE state = 'scheduled' \
                       AND (NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = d.created_by) \
                            OR NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = d.role) \
-                           OR NOT EXISTS (SELECT FROM pg_database db WHERE db.oid = d.database)) \
+                           OR NOT EXISTS (SELECT FROM pg_database db \
+                                           WHERE db.oid = d.database AND db.datname = d.database_name)) \
                       FOR NO KEY UPDATE OF d SKIP LOCKED) \
                  UPDATE {defs} d SET state = 'cancelled', next_run_at = NULL, reason = orphan.why \
                    FROM orphan WHERE d.id = orphan.id RETURNING d.id, orphan.why",

@@ -86,17 +86,6 @@ pub(super) fn mark_lost(
         )?
         .len();
     if lost > 0 {
-        client.update(
-            &format!(
-                "UPDATE {defs} d SET state = 'finished' \
-                  WHERE every IS NULL AND state = 'scheduled' AND runs > 0 \
-                    AND NOT EXISTS (SELECT 1 FROM {runs} r WHERE r.job = d.id AND r.finished_at IS NULL)",
-                defs = t.defs,
-                runs = t.runs
-            ),
-            None,
-            &[],
-        )?;
         log!("bgworker_rs job scheduler: marked {lost} unfinished run(s) as failed");
     }
     Ok(())
@@ -203,22 +192,27 @@ fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> S
             slot.pid.into(),
         ],
     )?;
-    finish_one_shot(client, t, slot.job)
+    Ok(())
 }
 
-/// A one-shot job is finished once its run is. NOWAIT: a client may hold
-/// the job's row (an open transaction that called `bgw_cancel`); the
-/// scheduler never waits for it, and records the outcome at a later wake.
-pub(super) fn finish_one_shot(client: &mut SpiClient<'_>, t: &Tables, job: i64) -> SpiResult<()> {
+/// One-shot jobs whose run is over are finished. Rows a client holds
+/// locked (an open transaction that called `bgw_cancel`) are skipped until
+/// the next wake: recording a run never waits for a client, so no job slot
+/// is kept busy by one.
+pub(super) fn finish_one_shots(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<()> {
     client.update(
         &format!(
             "UPDATE {defs} SET state = 'finished' \
-              WHERE id = (SELECT id FROM {defs} WHERE id = $1 AND every IS NULL \
-                             AND state = 'scheduled' FOR NO KEY UPDATE NOWAIT)",
-            defs = t.defs
+              WHERE id IN (SELECT d.id FROM {defs} d \
+                            WHERE d.every IS NULL AND d.state = 'scheduled' AND d.runs > 0 \
+                              AND NOT EXISTS (SELECT FROM {runs} r \
+                                               WHERE r.job = d.id AND r.finished_at IS NULL) \
+                              FOR NO KEY UPDATE SKIP LOCKED)",
+            defs = t.defs,
+            runs = t.runs
         ),
         None,
-        &[job.into()],
+        &[],
     )?;
     Ok(())
 }

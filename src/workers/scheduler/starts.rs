@@ -4,7 +4,7 @@
 //! free slot the run is recorded as failed with SQLSTATE 53000, and a
 //! recurring job tries again at its next tick.
 
-use super::outcomes::{error, finish_one_shot};
+use super::outcomes::error;
 use super::{QUARANTINE, State, Tick};
 use crate::access;
 use crate::pg::{self, CapturedError};
@@ -17,6 +17,10 @@ use crate::workers::registration::{self, ConnectArgs};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::time::Instant;
+
+/// At most this many runs start in one wake, so that a flood of due jobs
+/// never makes one long transaction; the rest start at the next wake, at once.
+const START_BATCH: i64 = 64;
 
 pub(super) struct Launch {
     pub job: i64,
@@ -37,7 +41,11 @@ pub(super) fn start_due(
 ) {
     let due = pg::in_subtransaction(|| due_jobs(client, t, skip));
     let due = match due {
-        Ok(Ok(due)) => due,
+        Ok(Ok(due)) => {
+            // More may be due: come back at once, after this transaction.
+            tick.retry |= due.len() as i64 >= START_BATCH;
+            due
+        }
         _ => {
             tick.retry = true;
             return;
@@ -71,11 +79,11 @@ fn due_jobs(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResult<V
         &format!(
             "SELECT id FROM {} \
               WHERE state = 'scheduled' AND next_run_at <= clock_timestamp() AND id <> ALL($1) \
-              ORDER BY next_run_at, id FOR NO KEY UPDATE SKIP LOCKED",
+              ORDER BY next_run_at, id LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED",
             t.defs
         ),
         None,
-        &[skip.to_vec().into()],
+        &[skip.to_vec().into(), START_BATCH.into()],
     )?;
     let mut due = Vec::new();
     for row in table {
@@ -89,6 +97,7 @@ struct Due {
     id: i64,
     sql: String,
     database: pg_sys::Oid,
+    database_name: String,
     role: pg_sys::Oid,
     created_by: pg_sys::Oid,
     timeout_ms: i64,
@@ -107,7 +116,8 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Optio
                                        ELSE clock_timestamp() + every END \
               WHERE id = $1 \
              RETURNING sql, database, role::oid, created_by::oid, \
-                       coalesce((extract(epoch FROM timeout) * 1000)::int8, 0), runs",
+                       coalesce((extract(epoch FROM timeout) * 1000)::int8, 0), runs, \
+                       database_name::text",
             t.defs
         ),
         None,
@@ -122,6 +132,7 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Optio
         created_by: row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
         timeout_ms: row.get::<i64>(5)?.unwrap_or(0),
         run: row.get::<i32>(6)?.unwrap_or(1),
+        database_name: row.get::<String>(7)?.unwrap_or_default(),
     };
     client.update(
         &format!(
@@ -148,7 +159,6 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Optio
                     e.message.into(),
                 ],
             )?;
-            finish_one_shot(client, t, job.id)?;
             Ok(None)
         }
     }
@@ -186,9 +196,10 @@ fn give_up(client: &mut SpiClient<'_>, t: &Tables, id: i64, e: &CapturedError) -
 /// Checks a due run and claims its job slot and registry entry.
 fn prepare(job: &Due) -> Result<Launch, CapturedError> {
     let gone = |what: String| error(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, what);
-    if !pg::database_exists(job.database) {
+    if !pg::database_exists(job.database) || pg::database_name(job.database) != job.database_name {
         return Err(gone(format!(
-            "database with OID {} does not exist",
+            "database \"{}\" with OID {} does not exist",
+            job.database_name,
             job.database.to_u32()
         )));
     }
