@@ -678,22 +678,26 @@ fn the_scheduler_ignores_public_even_when_the_database_puts_it_first() {
 
 // ----------------------------------------------------------------- roles
 
+/// Role carol, granted the job functions, and her job every 200 ms that
+/// tells who runs it; returns once its first run said "carol".
+fn carols_recurring_job(cluster: &Cluster, c: &mut Client) -> i64 {
+    c.batch_execute("CREATE ROLE carol LOGIN").unwrap();
+    grant_job_functions(c, "carol");
+    let mut carol = cluster.connect_as("carol", "postgres");
+    let job = run(
+        &mut carol,
+        "SELECT bgw_run('SELECT current_user::text AS who', every => '200ms')",
+    );
+    assert_eq!(result(&mut carol, job)["result"], json!([{"who": "carol"}]));
+    job
+}
+
 /// A job keeps the identity of its role: renamed, it runs on as the same
 /// role under its new name.
 #[test]
 fn a_renamed_role_keeps_running_its_jobs() {
     let (cluster, mut c) = start_cluster(&[]);
-    c.batch_execute("CREATE ROLE carol LOGIN").unwrap();
-    grant_job_functions(&mut c, "carol");
-    let job = {
-        let mut carol = cluster.connect_as("carol", "postgres");
-        let job = run(
-            &mut carol,
-            "SELECT bgw_run('SELECT current_user::text AS who', every => '200ms')",
-        );
-        assert_eq!(result(&mut carol, job)["result"], json!([{"who": "carol"}]));
-        job
-    };
+    let job = carols_recurring_job(&cluster, &mut c);
     c.batch_execute("ALTER ROLE carol RENAME TO dave").unwrap();
     // Runs 1..=n have finished; run n + 1 may have started before the
     // rename; every later one started after it.
@@ -895,17 +899,7 @@ fn a_planted_sequence_is_never_adopted_by_create_extension() {
 #[test]
 fn a_dropped_role_never_runs_again_even_when_its_name_is_reused() {
     let (cluster, mut c) = start_cluster(&[]);
-    c.batch_execute("CREATE ROLE carol LOGIN").unwrap();
-    grant_job_functions(&mut c, "carol");
-    let job = {
-        let mut carol = cluster.connect_as("carol", "postgres");
-        let job = run(
-            &mut carol,
-            "SELECT bgw_run('SELECT current_user::text AS who', every => '200ms')",
-        );
-        assert_eq!(result(&mut carol, job)["result"], json!([{"who": "carol"}]));
-        job
-    };
+    let job = carols_recurring_job(&cluster, &mut c);
     // Her privileges would block DROP ROLE by themselves.
     c.batch_execute("DROP OWNED BY carol")
         .expect("DROP OWNED BY carol");
