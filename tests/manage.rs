@@ -262,12 +262,12 @@ fn launch_reports_why_a_worker_failed() {
 #[test]
 fn launch_times_out_with_a_clear_error() {
     let (cluster, mut c) = start_with_extension(&["bgworker_rs.total_workers = 0"]);
-    // Hold the advisory lock the worker takes to initialize schema5: it
-    // connects, then waits for us, so it cannot be ready in time.
+    // An uncommitted schema5: the worker connects, finds no schema5, and
+    // its CREATE SCHEMA waits for our transaction, so it cannot be ready.
     let mut holder = cluster.connect();
     holder
-        .batch_execute("SELECT pg_advisory_lock(1650947955, 5)")
-        .unwrap(); // 0x6267_7773, "bgws"
+        .batch_execute("BEGIN; CREATE SCHEMA schema5")
+        .unwrap();
     c.batch_execute("SET bgworker_rs.launch_timeout = '300ms'")
         .unwrap();
     let (code, msg, detail, hint) = expect_error(&mut c, "SELECT bgw_launch(5)");

@@ -57,10 +57,12 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
             .unwrap_or_default()
             .into_boxed_c_str(),
     );
+    // Before the timer is armed: when it fires, at least the timeout has
+    // passed since `started`, so a timeout is never taken for a cancel.
+    let started = Instant::now();
     if job.timeout_ms > 0 {
         pg::arm_statement_timeout(job.timeout_ms);
     }
-    let started = Instant::now();
     let (rows, result) = pg::in_transaction(shown, || {
         pg::inspect_error(
             || {
