@@ -352,7 +352,7 @@ fn jobs_run_in_other_databases_and_as_other_roles() {
     c.batch_execute("CREATE DATABASE other").unwrap();
     c.batch_execute(
         "CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; \
-         GRANT EXECUTE ON FUNCTION bgw_run(text, interval, name, name, interval), \
+         GRANT EXECUTE ON FUNCTION bgw_run(text, interval, name, name, interval, boolean, boolean), \
                bgw_result(int8, interval), bgw_cancel(int8) TO alice, bob; \
          GRANT SELECT ON bgw_jobs TO alice",
     )

@@ -35,6 +35,8 @@ CREATE TABLE @extschema@.bgw_job_defs (
     role pg_catalog.regrole NOT NULL,
     every pg_catalog.interval,
     timeout pg_catalog.interval,
+    atomic pg_catalog.bool NOT NULL DEFAULT true,
+    gexec pg_catalog.bool NOT NULL DEFAULT false,
     state pg_catalog.text NOT NULL DEFAULT 'scheduled'
         CHECK (state OPERATOR(pg_catalog.=) ANY ('{scheduled,finished,cancelled}'::pg_catalog.text[])),
     reason pg_catalog.text,
@@ -57,6 +59,11 @@ CREATE TABLE @extschema@.bgw_job_runs (
     rows pg_catalog.int8,
     sqlstate pg_catalog.text,
     error pg_catalog.text,
+    detail pg_catalog.text,
+    hint pg_catalog.text,
+    error_position pg_catalog.int4,
+    error_statement pg_catalog.text,
+    statements pg_catalog.jsonb,
     result pg_catalog.jsonb,
     PRIMARY KEY (job, run)
 );
@@ -64,7 +71,7 @@ CREATE INDEX bgw_job_defs_due ON @extschema@.bgw_job_defs (next_run_at)
     WHERE state OPERATOR(pg_catalog.=) 'scheduled';
 
 COMMENT ON TABLE @extschema@.bgw_job_runs IS
-'One row per run of a bgw_run() job. rows: rows returned or affected by the last statement; result: its first rows as a JSON array, at most 8 kB; error and sqlstate: why a run failed, was cancelled or timed out.';
+'One row per run of a bgw_run() job. statements: the statements that finished, in order, each {"position", "tag", "rows"} (rows where the command tag counts them; generated statements also have "generated" and the start of their "text"); rows: the last statement''s count; result: the first rows of the last statement that returned rows, as a JSON array, at most 8 kB; sqlstate, error, detail, hint: why a run failed, was cancelled or timed out; error_position and error_statement: the statement that failed or was stopped (its position and the start of its text).';
 
 -- Kept by pg_dump, as user data; the sequence too, so that a restored
 -- database goes on with new job ids.
@@ -77,7 +84,7 @@ SELECT d.id, d.sql,
        (SELECT db.datname FROM pg_catalog.pg_database db
          WHERE db.oid OPERATOR(pg_catalog.=) d.database) AS database,
        pg_catalog.pg_get_userbyid(d.role::pg_catalog.oid) AS role,
-       d.every, d.timeout,
+       d.every, d.timeout, d.atomic, d.gexec,
        CASE WHEN p.pid IS NOT NULL THEN 'running' ELSE d.state END AS state,
        d.created_at,
        pg_catalog.pg_get_userbyid(d.created_by::pg_catalog.oid) AS created_by,
@@ -144,12 +151,14 @@ CREATE FUNCTION bgw_run(
     "every" interval DEFAULT NULL,
     "database" name DEFAULT NULL,
     "role" name DEFAULT NULL,
-    "timeout" interval DEFAULT NULL
+    "timeout" interval DEFAULT NULL,
+    "atomic" boolean DEFAULT true,
+    "gexec" boolean DEFAULT false
 ) RETURNS int8
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'bgw_run_wrapper';
-COMMENT ON FUNCTION bgw_run(text, interval, name, name, interval) IS
-'Creates a job that runs sql in a background worker, once or every interval (NULL: once), in database as role (NULL: the caller''s current ones, with bgw_launch''s permission rules), and returns its id. The first run starts when the calling transaction commits. A run taking longer than timeout is cancelled (statement_timeout). Outcomes go to bgw_job_runs; bgw_result() waits for one.';
+COMMENT ON FUNCTION bgw_run(text, interval, name, name, interval, boolean, boolean) IS
+'Creates a job that runs sql in a background worker, once or every interval (NULL: once), in database as role (NULL: the caller''s current ones, with bgw_launch''s permission rules), and returns its id. The first run starts when the calling transaction commits. Its statements run at top level, as a client''s: atomic (the default) runs them in one transaction, and a lone statement such as VACUUM outside any; atomic => false runs each in its own transaction and stops at the first that fails. gexec => true runs each value of the last statement''s rows as a statement of its own, as psql''s \gexec. A run taking longer than timeout in all is cancelled. Outcomes go to bgw_job_runs; bgw_result() waits for one.';
 "#)]
 fn bgw_run(
     sql: Option<&str>,
@@ -157,8 +166,12 @@ fn bgw_run(
     database: Option<&CStr>,
     role: Option<&CStr>,
     timeout: Option<Interval>,
+    atomic: Option<bool>,
+    gexec: Option<bool>,
 ) -> i64 {
     let sql = args::required(sql, "sql");
+    let atomic = args::required(atomic, "atomic");
+    let gexec = args::required(gexec, "gexec");
     if sql.len() > SQL_MAX {
         UserError::new(
             PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
@@ -196,8 +209,8 @@ fn bgw_run(
         client
             .update(
                 &format!(
-                    "INSERT INTO {} (sql, database, database_name, role, every, timeout, created_by, next_run_at) \
-                     VALUES ($1, $2, $7, $3::oid::regrole, $4, $5, $6::oid::regrole, now()) RETURNING id",
+                    "INSERT INTO {} (sql, database, database_name, role, every, timeout, created_by, next_run_at, atomic, gexec) \
+                     VALUES ($1, $2, $7, $3::oid::regrole, $4, $5, $6::oid::regrole, now(), $8, $9) RETURNING id",
                     t.defs
                 ),
                 None,
@@ -209,6 +222,8 @@ fn bgw_run(
                     timeout.into(),
                     me.into(),
                     pg::database_name(database).into(),
+                    atomic.into(),
+                    gexec.into(),
                 ],
             )?
             .first()
@@ -290,7 +305,10 @@ fn outcome(job: i64, run: i32) -> Option<pgrx::JsonB> {
                 &format!(
                     "SELECT jsonb_build_object('job', job, 'run', run, 'status', status, \
                             'started_at', started_at, 'finished_at', finished_at, 'pid', pid, \
-                            'rows', rows, 'sqlstate', sqlstate, 'error', error, 'result', result) \
+                            'rows', rows, 'sqlstate', sqlstate, 'error', error, 'detail', detail, \
+                            'hint', hint, 'error_position', error_position, \
+                            'error_statement', error_statement, 'statements', statements, \
+                            'result', result) \
                        FROM {} WHERE job = $1 AND run = $2 AND finished_at IS NOT NULL",
                     t.runs
                 ),
@@ -307,7 +325,7 @@ CREATE FUNCTION bgw_result("job" int8, "timeout" interval DEFAULT NULL) RETURNS 
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'bgw_result_wrapper';
 COMMENT ON FUNCTION bgw_result(int8, interval) IS
-'Waits for the outcome of a run of job and returns it: the run in progress, else the next one of a scheduled job, else (finished or cancelled job) its last one. NULL if there is no such run, or none finished within timeout (NULL: no limit). Keys: job, run, status, started_at, finished_at, pid, rows, sqlstate, error, result.';
+'Waits for the outcome of a run of job and returns it: the run in progress, else the next one of a scheduled job, else (finished or cancelled job) its last one. NULL if there is no such run, or none finished within timeout (NULL: no limit). Keys: job, run, status, started_at, finished_at, pid, rows, sqlstate, error, detail, hint, error_position, error_statement, statements, result (see bgw_job_runs).';
 "#)]
 fn bgw_result(job: Option<i64>, timeout: Option<Interval>) -> Option<pgrx::JsonB> {
     let job = args::required(job, "job");

@@ -238,10 +238,10 @@ fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option
         }
         Some(Outcome::Failed(None)) => {
             let message = format!("background worker \"{name}\" stopped before it was ready");
-            fail(CapturedError {
-                sqlerrcode: PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES as i32,
-                message: message.clone(),
-            });
+            fail(CapturedError::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES as i32,
+                message.clone(),
+            ));
             UserError::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES, message)
                 .hint("More details may be available in the server log.")
                 .raise()
@@ -257,10 +257,10 @@ fn start(index: i32, database: u32, role: u32, flags: u32, restart_after: Option
                 "timed out after {} ms waiting for background worker \"{name}\" to start",
                 timeout.as_millis()
             );
-            fail(CapturedError {
-                sqlerrcode: PgSqlErrorCode::ERRCODE_QUERY_CANCELED as i32,
-                message: message.clone(),
-            });
+            fail(CapturedError::new(
+                PgSqlErrorCode::ERRCODE_QUERY_CANCELED as i32,
+                message.clone(),
+            ));
             UserError::new(PgSqlErrorCode::ERRCODE_QUERY_CANCELED, message)
                 .detail("The worker was stopped.")
                 .hint("Raise bgworker_rs.launch_timeout, or look in the server log.")

@@ -12,9 +12,20 @@ use std::ffi::CStr;
 pub struct CapturedError {
     pub sqlerrcode: i32,
     pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
 }
 
 impl CapturedError {
+    pub fn new(sqlerrcode: i32, message: impl Into<String>) -> Self {
+        CapturedError {
+            sqlerrcode,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
+    }
+
     /// The SQLSTATE as five characters, e.g. "57P01".
     pub fn sqlstate(&self) -> String {
         (0..5)
@@ -41,10 +52,7 @@ extern "C-unwind" fn emit_log_trampoline(edata: *mut pg_sys::ErrorData) {
                     .into_owned()
             };
             if let Ok(mut last) = LAST_ERROR.lock() {
-                *last = Some(CapturedError {
-                    sqlerrcode: (*edata).sqlerrcode,
-                    message,
-                });
+                *last = Some(CapturedError::new((*edata).sqlerrcode, message));
             }
         }
         if let Some(prev) = PREV_EMIT_LOG {
@@ -111,6 +119,8 @@ impl From<&pgrx::pg_sys::panic::CaughtError> for CapturedError {
         CapturedError {
             sqlerrcode: report.sql_error_code() as i32,
             message: report.message().to_string(),
+            detail: report.detail().map(str::to_string),
+            hint: report.hint().map(str::to_string),
         }
     }
 }

@@ -76,3 +76,27 @@ pub fn can_set_role(member: pg_sys::Oid, role: pg_sys::Oid) -> bool {
     let result = unsafe { pg_sys::member_can_set_role(member, role) };
     result
 }
+
+/// `PortalRun` to completion at top level; PostgreSQL 18 dropped its
+/// `run_once` argument.
+///
+/// # Safety
+/// `portal` is started, and `dest` outlives the call.
+pub(super) unsafe fn portal_run(
+    portal: pg_sys::Portal,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // FETCH_ALL is LONG_MAX.
+    let all = std::os::raw::c_long::MAX;
+    // SAFETY: forwarded from the caller's contract.
+    #[cfg(not(feature = "pg18"))]
+    unsafe {
+        pg_sys::PortalRun(portal, all, true, true, dest, dest, qc);
+    }
+    // SAFETY: forwarded from the caller's contract.
+    #[cfg(feature = "pg18")]
+    unsafe {
+        pg_sys::PortalRun(portal, all, true, dest, dest, qc);
+    }
+}

@@ -93,9 +93,11 @@ impl Default for Entry {
 
 impl Entry {
     pub fn last_error(&self) -> Option<CapturedError> {
-        (self.error_len > 0 || self.error_code != 0).then(|| CapturedError {
-            sqlerrcode: self.error_code,
-            message: String::from_utf8_lossy(&self.error[..self.error_len as usize]).into_owned(),
+        (self.error_len > 0 || self.error_code != 0).then(|| {
+            CapturedError::new(
+                self.error_code,
+                String::from_utf8_lossy(&self.error[..self.error_len as usize]),
+            )
         })
     }
 

@@ -16,6 +16,12 @@ pub const SQL_MAX: usize = 8192;
 /// Bound of the first rows of a run's result, as JSON text, in bytes.
 pub const RESULT_MAX: usize = 8192;
 const ERROR_MAX: usize = 1024;
+const DETAIL_MAX: usize = 1024;
+const HINT_MAX: usize = 512;
+/// Bound of the per-statement summary of a run, as JSON text, in bytes.
+pub const STATEMENTS_MAX: usize = 8192;
+/// How much of the running (or failing) statement's text is kept.
+pub const STATEMENT_TEXT_MAX: usize = 256;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(u8)]
@@ -67,6 +73,13 @@ pub struct Slot {
     pub role: u32,
     /// 0: no timeout.
     pub timeout_ms: i32,
+    /// Run the script as one transaction (else one per statement).
+    pub atomic: bool,
+    /// Run the last statement's result rows as statements.
+    pub gexec: bool,
+    /// The statement running now (1-based; 0: none yet): if the run fails,
+    /// the one that failed.
+    pub position: i32,
     /// The run's registry entry, how its worker finds this slot.
     pub registry_slot: u32,
     pub registry_epoch: u64,
@@ -76,7 +89,17 @@ pub struct Slot {
     pub error_len: u16,
     pub result_len: u32,
     pub sql_len: u32,
+    pub statements_len: u32,
+    pub statement_len: u16,
+    pub detail_len: u16,
+    pub hint_len: u16,
     pub error: [u8; ERROR_MAX],
+    pub detail: [u8; DETAIL_MAX],
+    pub hint: [u8; HINT_MAX],
+    /// The statements finished so far, as JSON (see `Outcome::statements`).
+    pub statements: [u8; STATEMENTS_MAX],
+    /// The start of the text of statement `position`.
+    pub statement: [u8; STATEMENT_TEXT_MAX],
     pub result: [u8; RESULT_MAX],
     pub sql: [u8; SQL_MAX],
 }
@@ -94,6 +117,9 @@ impl Default for Slot {
             database: 0,
             role: 0,
             timeout_ms: 0,
+            atomic: true,
+            gexec: false,
+            position: 0,
             registry_slot: 0,
             registry_epoch: 0,
             handle: RawHandle::default(),
@@ -102,7 +128,15 @@ impl Default for Slot {
             error_len: 0,
             result_len: 0,
             sql_len: 0,
+            statements_len: 0,
+            statement_len: 0,
+            detail_len: 0,
+            hint_len: 0,
             error: [0; ERROR_MAX],
+            detail: [0; DETAIL_MAX],
+            hint: [0; HINT_MAX],
+            statements: [0; STATEMENTS_MAX],
+            statement: [0; STATEMENT_TEXT_MAX],
             result: [0; RESULT_MAX],
             sql: [0; SQL_MAX],
         }
@@ -120,9 +154,30 @@ impl Slot {
     }
 
     pub fn error(&self) -> Option<CapturedError> {
+        let text = |bytes: &[u8], len: u16| {
+            (len > 0).then(|| String::from_utf8_lossy(&bytes[..len as usize]).into_owned())
+        };
         (self.sqlerrcode != 0).then(|| CapturedError {
             sqlerrcode: self.sqlerrcode,
-            message: String::from_utf8_lossy(&self.error[..self.error_len as usize]).into_owned(),
+            message: text(&self.error, self.error_len).unwrap_or_default(),
+            detail: text(&self.detail, self.detail_len),
+            hint: text(&self.hint, self.hint_len),
+        })
+    }
+
+    /// The statements finished so far, as JSON.
+    pub fn statements(&self) -> Option<String> {
+        (self.statements_len > 0).then(|| {
+            String::from_utf8_lossy(&self.statements[..self.statements_len as usize]).into_owned()
+        })
+    }
+
+    /// The statement running now, or the one that failed: its position and
+    /// the start of its text.
+    pub fn statement(&self) -> Option<(i32, String)> {
+        (self.position > 0).then(|| {
+            let text = &self.statement[..self.statement_len as usize];
+            (self.position, String::from_utf8_lossy(text).into_owned())
         })
     }
 
@@ -151,15 +206,25 @@ pub struct Run<'a> {
     pub database: u32,
     pub role: u32,
     pub timeout_ms: i32,
+    pub atomic: bool,
+    pub gexec: bool,
     pub sql: &'a str,
 }
 
 /// How a run ended, as its worker (or the scheduler) reports it.
+#[derive(Default)]
 pub struct Outcome {
     pub status: Status,
     pub rows: i64,
     pub error: Option<CapturedError>,
     pub result: Option<String>,
+    /// The statements that finished, in order, as a JSON array:
+    /// `{"position": 1, "tag": "VACUUM"}`, with `"rows"` where the command
+    /// tag reports a count.
+    pub statements: Option<String>,
+    /// The statement that failed (or was running when the run was stopped):
+    /// its position and the start of its text.
+    pub statement: Option<(i32, String)>,
 }
 
 static SLOTS: SharedArray<Slot> = SharedArray::new(c"bgworker_rs job slots");
@@ -202,6 +267,8 @@ pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
         s.database = run.database;
         s.role = run.role;
         s.timeout_ms = run.timeout_ms;
+        s.atomic = run.atomic;
+        s.gexec = run.gexec;
         s.registry_slot = registry.slot;
         s.registry_epoch = registry.epoch;
         s.sql_len = copy_cut(run.sql, &mut s.sql) as u32;
@@ -232,10 +299,34 @@ pub fn finish(i: usize, outcome: &Outcome) {
         if let Some(e) = &outcome.error {
             s.sqlerrcode = e.sqlerrcode;
             s.error_len = copy_cut(&e.message, &mut s.error) as u16;
+            s.detail_len = copy_cut(e.detail.as_deref().unwrap_or(""), &mut s.detail) as u16;
+            s.hint_len = copy_cut(e.hint.as_deref().unwrap_or(""), &mut s.hint) as u16;
         }
         if let Some(r) = &outcome.result {
             s.result_len = copy_cut(r, &mut s.result) as u32;
         }
+        if let Some(statements) = &outcome.statements {
+            s.statements_len = copy_cut(statements, &mut s.statements) as u32;
+        }
+        if let Some((position, text)) = &outcome.statement {
+            s.position = *position;
+            s.statement_len = copy_cut(text, &mut s.statement) as u16;
+        }
+    });
+}
+
+/// A run worker notes its progress: the statements finished so far (JSON)
+/// and the one it starts now, so that a run stopped by a signal, which
+/// leaves no outcome, is still recorded with them.
+pub fn report_progress(i: usize, statements: &str, position: i32, text: &str) {
+    SLOTS.write(|slots| {
+        let Some(s) = slots.get_mut(i) else { return };
+        if s.state != SlotState::Launched && s.state != SlotState::Reserved {
+            return;
+        }
+        s.statements_len = copy_cut(statements, &mut s.statements) as u32;
+        s.position = position;
+        s.statement_len = copy_cut(text, &mut s.statement) as u16;
     });
 }
 

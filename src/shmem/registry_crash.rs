@@ -15,10 +15,10 @@ static SAVED: std::sync::Mutex<Option<Vec<Entry>>> = std::sync::Mutex::new(None)
 /// running are marked failed; those that come back (static ones, dynamic ones
 /// with `restart_after`) take their entries again, counting a restart.
 pub(super) fn save(bytes: &[u8]) {
-    let lost = CapturedError {
-        sqlerrcode: pgrx::PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN as i32,
-        message: "lost when the server reinitialized after a crash".into(),
-    };
+    let lost = CapturedError::new(
+        pgrx::PgSqlErrorCode::ERRCODE_CRASH_SHUTDOWN as i32,
+        "lost when the server reinitialized after a crash",
+    );
     let saved = bytes
         .chunks_exact(std::mem::size_of::<Entry>())
         .map(|chunk| match decode(chunk) {

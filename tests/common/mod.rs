@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod jobs;
+
 pub const PORT: u16 = 5432;
+/// How long a test waits for a job's run.
+pub const T_JOBS: Duration = Duration::from_secs(60);
 pub const OS_USER: &str = "postgres";
 
 pub fn pg_config() -> String {

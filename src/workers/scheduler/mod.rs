@@ -198,10 +198,10 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
             next_due_ms: settings::NAPTIME_MS.get().into(),
             retry: false,
         }),
-        Err(e) => Err(pg::CapturedError {
-            sqlerrcode: PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32,
-            message: e.to_string(),
-        }),
+        Err(e) => Err(pg::CapturedError::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32,
+            e.to_string(),
+        )),
     }
 }
 

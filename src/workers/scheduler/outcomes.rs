@@ -53,7 +53,7 @@ fn stored_as_failed(
             PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
             format!("the run's outcome could not be recorded: {why}"),
         )),
-        result: None,
+        ..Outcome::default()
     };
     matches!(
         pg::in_subtransaction(|| record(client, t, slot, &failed)),
@@ -92,10 +92,7 @@ pub(super) fn mark_lost(
 }
 
 pub(super) fn error(code: PgSqlErrorCode, message: impl Into<String>) -> CapturedError {
-    CapturedError {
-        sqlerrcode: code as i32,
-        message: message.into(),
-    }
+    CapturedError::new(code as i32, message)
 }
 
 /// The outcome of a slot's run, if it is over.
@@ -106,6 +103,10 @@ fn finished(slot: &Slot, first: bool) -> Option<Outcome> {
             rows: slot.rows,
             error: slot.error(),
             result: slot.result(),
+            statements: slot.statements(),
+            statement: slot
+                .statement()
+                .filter(|_| slot.status != Status::Succeeded),
         }),
         SlotState::Launched => match pg::worker_status(slot.handle) {
             // Read the slot again: the worker may have finished meanwhile.
@@ -119,19 +120,19 @@ fn finished(slot: &Slot, first: bool) -> Option<Outcome> {
         // registered the worker.
         SlotState::Reserved if first => Some(Outcome {
             status: Status::Failed,
-            rows: 0,
             error: Some(error(
                 PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
                 "the job scheduler restarted before the run's worker was started",
             )),
-            result: None,
+            ..Outcome::default()
         }),
         _ => None,
     }
 }
 
 /// A run whose worker exited without leaving an outcome: cancelled, or
-/// ended by an error, which the registry kept.
+/// ended by an error, which the registry kept. The statements it finished,
+/// and the one it was running, are those it last noted in its slot.
 fn ended_without_outcome(slot: &Slot) -> Outcome {
     let ticket = Ticket {
         slot: slot.registry_slot,
@@ -169,6 +170,8 @@ fn ended_without_outcome(slot: &Slot) -> Outcome {
         rows: 0,
         error: Some(error),
         result: None,
+        statements: slot.statements(),
+        statement: slot.statement(),
     }
 }
 
@@ -176,7 +179,9 @@ fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> S
     client.update(
         &format!(
             "UPDATE {} SET finished_at = clock_timestamp(), status = $3, rows = $4, \
-                    sqlstate = $5, error = $6, result = $7::jsonb, pid = nullif($8, 0) \
+                    sqlstate = $5, error = $6, result = $7::jsonb, pid = nullif($8, 0), \
+                    detail = $9, hint = $10, statements = $11::jsonb, \
+                    error_position = $12, error_statement = $13 \
               WHERE job = $1 AND run = $2 AND finished_at IS NULL",
             t.runs
         ),
@@ -190,6 +195,11 @@ fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> S
             o.error.as_ref().map(|e| e.message.clone()).into(),
             o.result.clone().into(),
             slot.pid.into(),
+            o.error.as_ref().and_then(|e| e.detail.clone()).into(),
+            o.error.as_ref().and_then(|e| e.hint.clone()).into(),
+            o.statements.clone().into(),
+            o.statement.as_ref().map(|s| s.0).into(),
+            o.statement.as_ref().map(|s| s.1.clone()).into(),
         ],
     )?;
     Ok(())

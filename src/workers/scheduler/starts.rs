@@ -102,6 +102,8 @@ struct Due {
     created_by: pg_sys::Oid,
     timeout_ms: i64,
     run: i32,
+    atomic: bool,
+    gexec: bool,
 }
 
 /// Counts the run and moves the job's next time, writes its run row, then
@@ -117,7 +119,7 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Optio
               WHERE id = $1 \
              RETURNING sql, database, role::oid, created_by::oid, \
                        coalesce((extract(epoch FROM timeout) * 1000)::int8, 0), runs, \
-                       database_name::text",
+                       database_name::text, atomic, gexec",
             t.defs
         ),
         None,
@@ -133,6 +135,8 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Optio
         timeout_ms: row.get::<i64>(5)?.unwrap_or(0),
         run: row.get::<i32>(6)?.unwrap_or(1),
         database_name: row.get::<String>(7)?.unwrap_or_default(),
+        atomic: row.get::<bool>(8)?.unwrap_or(true),
+        gexec: row.get::<bool>(9)?.unwrap_or(false),
     };
     client.update(
         &format!(
@@ -238,6 +242,8 @@ fn prepare(job: &Due) -> Result<Launch, CapturedError> {
         database,
         role,
         timeout_ms: job.timeout_ms.clamp(0, i32::MAX.into()) as i32,
+        atomic: job.atomic,
+        gexec: job.gexec,
         sql: &job.sql,
     };
     let Some(slot) = job_slots::reserve(&run, ticket) else {
@@ -288,9 +294,8 @@ pub(super) fn launch(launches: &[Launch]) -> bool {
                     l.slot,
                     &Outcome {
                         status: Status::Failed,
-                        rows: 0,
                         error: Some(e),
-                        result: None,
+                        ..Outcome::default()
                     },
                 );
                 failed = true;

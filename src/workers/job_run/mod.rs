@@ -1,0 +1,153 @@
+//! One run of a SQL job: a dynamic worker started by the scheduler. It
+//! connects to the job's database as the job's role, reads the script from
+//! its job slot, runs it statement by statement (`script`) and leaves the
+//! outcome in the slot. An error ends the process, as in any background
+//! worker, after its outcome is left in the slot.
+
+mod rows;
+mod script;
+
+use crate::pg::{self, CapturedError, Connection};
+use crate::shmem::job_slots::{self, Outcome, Status};
+use crate::shmem::{Kind, registry};
+use crate::workers::registration::ConnectArgs;
+use pgrx::prelude::*;
+use script::Progress;
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
+    // The scheduler passes the registry index (derived from the job id).
+    let index = main_arg.value() as i32;
+    let Some(args) = ConnectArgs::of_this_worker() else {
+        ereport!(
+            FATAL,
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "a bgworker_rs job worker needs its bgw_extra"
+        );
+    };
+
+    pg::capture_errors();
+    registry::enter(
+        Kind::Job,
+        index,
+        args.database,
+        args.role,
+        Some(args.ticket),
+    );
+    let Some((slot, job)) = job_slots::take_for_worker(args.ticket) else {
+        log!("{}: its job slot is gone; exiting", pg::worker_name());
+        pg::exit_quietly();
+    };
+
+    pg::install_signal_handlers();
+    pg::connect(
+        &Connection::Oids {
+            database: args.database.into(),
+            role: args.role.into(),
+        },
+        args.flags,
+    );
+    registry::report_running();
+
+    let progress = RefCell::new(Progress::default());
+    // Before the timer is armed: when it fires, at least the timeout has
+    // passed since `started`, so a timeout is never taken for a cancel.
+    // The timeout bounds the whole run, not each statement.
+    let started = Instant::now();
+    if job.timeout_ms > 0 {
+        pg::arm_statement_timeout(job.timeout_ms);
+    }
+    pg::inspect_error(
+        || script::run(slot, &job.sql(), job.atomic, job.gexec, &progress),
+        // The outcome, taken where the error is raised; the error then
+        // ends the worker as in any background worker.
+        |e| {
+            let ran = started.elapsed();
+            let failed = match progress.try_borrow() {
+                Ok(p) => failure(e, ran, job.timeout_ms, &p),
+                Err(_) => failure(e, ran, job.timeout_ms, &Progress::default()),
+            };
+            job_slots::finish(slot, &failed);
+        },
+    );
+
+    let progress = progress.into_inner();
+    job_slots::finish(
+        slot,
+        &Outcome {
+            status: Status::Succeeded,
+            rows: progress.rows,
+            error: None,
+            result: Some(progress.result.clone().unwrap_or_else(|| "[]".into())),
+            statements: Some(progress.statements()),
+            statement: None,
+        },
+    );
+    // Exit code 0: the postmaster forgets the worker; it notifies the
+    // scheduler (bgw_notify_pid), which records the outcome.
+    pg::exit_quietly();
+}
+
+/// How a run that raised `e` ended: 57014 is a timeout once the run's
+/// `timeout` has passed, and otherwise a cancel (`pg_cancel_backend`). The
+/// outcome names the statement that failed.
+fn failure(e: &CapturedError, ran: Duration, timeout_ms: i32, progress: &Progress) -> Outcome {
+    let timed_out = timeout_ms > 0 && ran >= Duration::from_millis(timeout_ms as u64);
+    let status = match e.sqlstate().as_str() {
+        "57014" if timed_out => Status::TimedOut,
+        "57014" => Status::Cancelled,
+        _ => Status::Failed,
+    };
+    let mut error = e.clone();
+    // "VACUUM cannot run inside a transaction block", and the like.
+    if e.sqlstate() == "25001" && progress.in_block && e.hint.is_none() {
+        error.hint = Some(
+            "The job's statements run in one transaction (atomic => true). Run it with atomic => false, \
+             or make this statement the job's only one, to run it at top level."
+                .into(),
+        );
+    }
+    Outcome {
+        status,
+        rows: 0,
+        error: Some(error),
+        result: None,
+        statements: Some(progress.statements()),
+        statement: (progress.position > 0).then(|| (progress.position, progress.text.clone())),
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_and_cancels_are_told_apart() {
+        let e = |code: &str| {
+            let code = code
+                .bytes()
+                .enumerate()
+                .map(|(i, b)| ((b - b'0') as i32 & 0x3f) << (6 * i))
+                .sum();
+            CapturedError::new(code, "")
+        };
+        let p = Progress::default();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            failure(&e("57014"), ms(300), 300, &p).status,
+            Status::TimedOut
+        );
+        assert_eq!(
+            failure(&e("57014"), ms(10), 300, &p).status,
+            Status::Cancelled
+        );
+        assert_eq!(
+            failure(&e("57014"), ms(10), 0, &p).status,
+            Status::Cancelled
+        );
+        assert_eq!(failure(&e("22012"), ms(10), 300, &p).status, Status::Failed);
+    }
+}

@@ -1,0 +1,165 @@
+//! Where a statement's rows go: the first ones, as JSON, for the run's
+//! `result`; with `gexec`, every value of the last statement, to be run.
+
+use crate::pg::{RowSink, UserError};
+use crate::shmem::job_slots::RESULT_MAX;
+use pgrx::prelude::*;
+use serde_json::{Map, Value};
+
+pub struct Rows {
+    names: Vec<String>,
+    types: Vec<pg_sys::Oid>,
+    /// The JSON array being built, without its closing bracket; `None`
+    /// until a result set begins.
+    text: Option<String>,
+    full: bool,
+    /// `gexec`: the values of the single column, NULLs left out.
+    collect: Option<Vec<String>>,
+}
+
+impl Rows {
+    pub fn new(collect: bool) -> Rows {
+        Rows {
+            names: Vec::new(),
+            types: Vec::new(),
+            text: None,
+            full: false,
+            collect: collect.then(Vec::new),
+        }
+    }
+
+    /// The first rows as a JSON array of objects, as many as fit in
+    /// `RESULT_MAX` bytes; `None` for a statement without a result set.
+    pub fn result(&self) -> Option<String> {
+        self.text.as_ref().map(|t| format!("{t}]"))
+    }
+
+    /// The statements to run next (`gexec`).
+    pub fn collected(self) -> Vec<String> {
+        self.collect.unwrap_or_default()
+    }
+}
+
+impl RowSink for Rows {
+    fn begin(&mut self, columns: &[(String, pg_sys::Oid)]) {
+        if self.collect.is_some() && columns.len() != 1 {
+            UserError::new(
+                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                format!(
+                    "with gexec, the last statement must return one column, not {}",
+                    columns.len()
+                ),
+            )
+            .detail("Each row's value is a statement to run.")
+            .hint("Build each statement in one column, e.g. with format().")
+            .raise();
+        }
+        self.names = columns.iter().map(|c| c.0.clone()).collect();
+        self.types = columns.iter().map(|c| c.1).collect();
+        self.text = Some("[".into());
+        self.full = false;
+    }
+
+    fn wants_rows(&self) -> bool {
+        self.collect.is_some() || !self.full
+    }
+
+    fn row(&mut self, values: Vec<Option<String>>) {
+        if let (Some(collect), Some(Some(value))) = (&mut self.collect, values.first()) {
+            collect.push(value.clone());
+        }
+        let Some(text) = self.text.as_mut().filter(|_| !self.full) else {
+            return;
+        };
+        let mut row = Map::new();
+        for ((name, &type_oid), value) in self.names.iter().zip(&self.types).zip(values) {
+            let value = value.map_or(Value::Null, |v| json_value(v, type_oid));
+            row.insert(name.clone(), value);
+        }
+        let row = Value::Object(row).to_string();
+        // Room for the separator and the closing bracket.
+        if text.len() + row.len() + 2 > RESULT_MAX {
+            self.full = true;
+            return;
+        }
+        if text.len() > 1 {
+            text.push(',');
+        }
+        text.push_str(&row);
+    }
+}
+
+/// Numbers, booleans, json and jsonb keep their JSON form; other values are
+/// their text output.
+fn json_value(text: String, type_oid: pg_sys::Oid) -> Value {
+    use pg_sys::BuiltinOid::*;
+    let numeric = [
+        INT2OID, INT4OID, INT8OID, FLOAT4OID, FLOAT8OID, NUMERICOID, OIDOID,
+    ];
+    let json = [JSONOID, JSONBOID];
+    match pg_sys::BuiltinOid::from_u32(type_oid.to_u32()) {
+        Ok(BOOLOID) => Value::Bool(text == "t"),
+        // A number only if JSON keeps it exactly; NaN, Infinity and numerics
+        // beyond a double's precision stay strings.
+        Ok(t) if numeric.contains(&t) => match text.parse::<serde_json::Number>() {
+            Ok(n) if n.to_string() == text => Value::Number(n),
+            _ => Value::String(text),
+        },
+        // jsonb has no NUL character: a json value with "\u0000" stays text.
+        Ok(t) if json.contains(&t) => match serde_json::from_str::<Value>(&text) {
+            Ok(v) if !has_nul(&v) => v,
+            _ => Value::String(text),
+        },
+        _ => Value::String(text),
+    }
+}
+
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod unit_tests {
+    use super::*;
+
+    #[test]
+    fn json_with_nul_stays_text_for_jsonb() {
+        let text = r#"{"a": "x\u0000y"}"#.to_string();
+        assert_eq!(
+            json_value(text.clone(), pg_sys::JSONOID),
+            Value::String(text)
+        );
+        let ok = r#"{"a": [1, "b"]}"#.to_string();
+        assert_eq!(
+            json_value(ok, pg_sys::JSONOID),
+            serde_json::json!({"a": [1, "b"]})
+        );
+    }
+
+    #[test]
+    fn first_rows_stop_at_the_bound_and_gexec_keeps_every_value() {
+        let mut rows = Rows::new(true);
+        rows.begin(&[("s".into(), pg_sys::TEXTOID)]);
+        let long = "x".repeat(1000);
+        for _ in 0..20 {
+            rows.row(vec![Some(long.clone())]);
+        }
+        rows.row(vec![None]);
+        let result = rows.result().unwrap();
+        assert!(result.len() <= RESULT_MAX, "{}", result.len());
+        let parsed: Vec<Value> = serde_json::from_str(&result).unwrap();
+        assert_eq!(parsed.len(), 8);
+        assert_eq!(rows.collected().len(), 20);
+
+        let mut none = Rows::new(false);
+        assert_eq!(none.result(), None);
+        none.begin(&[("n".into(), pg_sys::INT4OID)]);
+        none.row(vec![Some("7".into())]);
+        assert_eq!(none.result().as_deref(), Some(r#"[{"n":7}]"#));
+    }
+}
