@@ -339,6 +339,18 @@ fn gexec_runs_each_generated_statement_once() {
         .collect();
     assert_eq!(names, ["x"]);
 
+    // What gexec holds to run is bounded.
+    let j = job(
+        &mut c,
+        "SELECT bgw_run('SELECT repeat(''x'', 1000000) FROM generate_series(1, 70)', gexec => true)",
+    );
+    let r = outcome(&mut c, j);
+    assert_eq!(status(&r), (Some("failed"), Some("54000")), "{r}");
+    assert_eq!(
+        r["error"],
+        "with gexec, the statements generated may take at most 64 MB"
+    );
+
     // More than one column is a mistake, not two statements.
     let j = job(&mut c, "SELECT bgw_run('SELECT 1, 2', gexec => true)");
     let r = outcome(&mut c, j);
@@ -430,6 +442,18 @@ fn a_long_vacuum_stops_promptly_when_cancelled() {
         ),
         "the VACUUM of {total} pages did not finish"
     );
+
+    // bgw_terminate: the worker is stopped inside the VACUUM, and the run
+    // counts as cancelled.
+    let (j, pid) = start_slow_vacuum(&mut c);
+    assert!(flag(&mut c, &format!("SELECT bgw_terminate({pid})")));
+    let r = finished_run(&mut c, j, 1);
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(r["error_position"], 3, "{r}");
+    assert!(flag(
+        &mut c,
+        "SELECT last_vacuum IS NULL FROM pg_stat_user_tables WHERE relname = 'big'"
+    ));
 
     // pg_cancel_backend: the statement fails with 57014, recorded as
     // cancelled, and the job's worker leaves.

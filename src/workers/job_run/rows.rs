@@ -15,7 +15,12 @@ pub struct Rows {
     full: bool,
     /// `gexec`: the values of the single column, NULLs left out.
     collect: Option<Vec<String>>,
+    collected_bytes: usize,
 }
+
+/// The statements `gexec` keeps to run: they are held in the worker's
+/// memory until the generating statement has finished.
+const GEXEC_MAX_BYTES: usize = 64 << 20;
 
 impl Rows {
     pub fn new(collect: bool) -> Rows {
@@ -25,6 +30,7 @@ impl Rows {
             text: None,
             full: false,
             collect: collect.then(Vec::new),
+            collected_bytes: 0,
         }
     }
 
@@ -66,6 +72,24 @@ impl RowSink for Rows {
 
     fn row(&mut self, values: Vec<Option<String>>) {
         if let (Some(collect), Some(Some(value))) = (&mut self.collect, values.first()) {
+            self.collected_bytes += value.len();
+            if self.collected_bytes > GEXEC_MAX_BYTES {
+                UserError::new(
+                    PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "with gexec, the statements generated may take at most {} MB",
+                        GEXEC_MAX_BYTES >> 20
+                    ),
+                )
+                .detail(format!(
+                    "{} statements were generated before.",
+                    collect.len()
+                ))
+                .hint(
+                    "Generate fewer statements a run, e.g. with LIMIT; the next run does the rest.",
+                )
+                .raise();
+            }
             collect.push(value.clone());
         }
         let Some(text) = self.text.as_mut().filter(|_| !self.full) else {
