@@ -26,6 +26,19 @@ impl CapturedError {
         }
     }
 
+    /// Raises this error at level ERROR, with its detail and hint.
+    pub fn raise(&self) -> ! {
+        let code = PgSqlErrorCode::from(self.sqlerrcode);
+        let mut e = UserError::new(code, self.message.clone());
+        if let Some(detail) = &self.detail {
+            e = e.detail(detail.clone());
+        }
+        if let Some(hint) = &self.hint {
+            e = e.hint(hint.clone());
+        }
+        e.raise()
+    }
+
     /// The SQLSTATE as five characters, e.g. "57P01".
     pub fn sqlstate(&self) -> String {
         (0..5)

@@ -12,15 +12,16 @@
 use pgrx::pg_sys;
 use std::ffi::{CStr, CString, c_char};
 
-/// What a statement's rows are handed to.
+/// What a statement's rows are handed to. An `Err` stops the statement
+/// with that error.
 pub trait RowSink {
     /// A result set begins, with these columns (name, type).
-    fn begin(&mut self, columns: &[(String, pg_sys::Oid)]);
+    fn begin(&mut self, columns: &[(String, pg_sys::Oid)]) -> Result<(), super::CapturedError>;
     /// Whether the next row's values are wanted; if not, the row is only
     /// counted (by the command tag), at no cost.
     fn wants_rows(&self) -> bool;
     /// One row, each value in its type's text form.
-    fn row(&mut self, values: Vec<Option<String>>);
+    fn row(&mut self, values: Vec<Option<String>>) -> Result<(), super::CapturedError>;
 }
 
 /// What kind of statement, for the checks a job makes before running it.
@@ -279,7 +280,9 @@ unsafe extern "C-unwind" fn startup(
             .map(|a| (a.name().to_string(), a.atttypid))
             .collect();
         r.types = columns.iter().map(|c| c.1).collect();
-        r.sink.begin(&columns);
+        if let Err(e) = r.sink.begin(&columns) {
+            e.raise();
+        }
     }
 }
 
@@ -308,7 +311,9 @@ unsafe extern "C-unwind" fn receive_slot(
                 }
             })
             .collect();
-        r.sink.row(values);
+        if let Err(e) = r.sink.row(values) {
+            e.raise();
+        }
     }
     true
 }

@@ -1,7 +1,7 @@
 //! Where a statement's rows go: the first ones, as JSON, for the run's
 //! `result`; with `gexec`, every value of the last statement, to be run.
 
-use crate::pg::{RowSink, UserError};
+use crate::pg::{CapturedError, RowSink};
 use crate::shmem::job_slots::RESULT_MAX;
 use pgrx::prelude::*;
 use serde_json::{Map, Value};
@@ -47,53 +47,54 @@ impl Rows {
 }
 
 impl RowSink for Rows {
-    fn begin(&mut self, columns: &[(String, pg_sys::Oid)]) {
+    fn begin(&mut self, columns: &[(String, pg_sys::Oid)]) -> Result<(), CapturedError> {
         if self.collect.is_some() && columns.len() != 1 {
-            UserError::new(
-                PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-                format!(
-                    "with gexec, the last statement must return one column, not {}",
-                    columns.len()
-                ),
-            )
-            .detail("Each row's value is a statement to run.")
-            .hint("Build each statement in one column, e.g. with format().")
-            .raise();
+            return Err(CapturedError {
+                detail: Some("Each row's value is a statement to run.".into()),
+                hint: Some("Build each statement in one column, e.g. with format().".into()),
+                ..CapturedError::new(
+                    PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH as i32,
+                    format!(
+                        "with gexec, the last statement must return one column, not {}",
+                        columns.len()
+                    ),
+                )
+            });
         }
         self.names = columns.iter().map(|c| c.0.clone()).collect();
         self.types = columns.iter().map(|c| c.1).collect();
         self.text = Some("[".into());
         self.full = false;
+        Ok(())
     }
 
     fn wants_rows(&self) -> bool {
         self.collect.is_some() || !self.full
     }
 
-    fn row(&mut self, values: Vec<Option<String>>) {
+    fn row(&mut self, values: Vec<Option<String>>) -> Result<(), CapturedError> {
         if let (Some(collect), Some(Some(value))) = (&mut self.collect, values.first()) {
             self.collected_bytes += value.len();
             if self.collected_bytes > GEXEC_MAX_BYTES {
-                UserError::new(
-                    PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-                    format!(
-                        "with gexec, the statements generated may take at most {} MB",
-                        GEXEC_MAX_BYTES >> 20
+                return Err(CapturedError {
+                    detail: Some(format!("{} statements were generated before.", collect.len())),
+                    hint: Some(
+                        "Generate fewer statements a run, e.g. with LIMIT; the next run does the rest."
+                            .into(),
                     ),
-                )
-                .detail(format!(
-                    "{} statements were generated before.",
-                    collect.len()
-                ))
-                .hint(
-                    "Generate fewer statements a run, e.g. with LIMIT; the next run does the rest.",
-                )
-                .raise();
+                    ..CapturedError::new(
+                        PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED as i32,
+                        format!(
+                            "with gexec, the statements generated may take at most {} MB",
+                            GEXEC_MAX_BYTES >> 20
+                        ),
+                    )
+                });
             }
             collect.push(value.clone());
         }
         let Some(text) = self.text.as_mut().filter(|_| !self.full) else {
-            return;
+            return Ok(());
         };
         let mut row = Map::new();
         for ((name, &type_oid), value) in self.names.iter().zip(&self.types).zip(values) {
@@ -104,12 +105,13 @@ impl RowSink for Rows {
         // Room for the separator and the closing bracket.
         if text.len() + row.len() + 2 > RESULT_MAX {
             self.full = true;
-            return;
+            return Ok(());
         }
         if text.len() > 1 {
             text.push(',');
         }
         text.push_str(&row);
+        Ok(())
     }
 }
 
@@ -168,12 +170,12 @@ mod unit_tests {
     #[test]
     fn first_rows_stop_at_the_bound_and_gexec_keeps_every_value() {
         let mut rows = Rows::new(true);
-        rows.begin(&[("s".into(), pg_sys::TEXTOID)]);
+        rows.begin(&[("s".into(), pg_sys::TEXTOID)]).unwrap();
         let long = "x".repeat(1000);
         for _ in 0..20 {
-            rows.row(vec![Some(long.clone())]);
+            rows.row(vec![Some(long.clone())]).unwrap();
         }
-        rows.row(vec![None]);
+        rows.row(vec![None]).unwrap();
         let result = rows.result().unwrap();
         assert!(result.len() <= RESULT_MAX, "{}", result.len());
         let parsed: Vec<Value> = serde_json::from_str(&result).unwrap();
@@ -182,8 +184,11 @@ mod unit_tests {
 
         let mut none = Rows::new(false);
         assert_eq!(none.result(), None);
-        none.begin(&[("n".into(), pg_sys::INT4OID)]);
-        none.row(vec![Some("7".into())]);
+        none.begin(&[("n".into(), pg_sys::INT4OID)]).unwrap();
+        none.row(vec![Some("7".into())]).unwrap();
+        let two = [("a".into(), pg_sys::INT4OID), ("b".into(), pg_sys::INT4OID)];
+        let e = Rows::new(true).begin(&two).unwrap_err();
+        assert_eq!(e.sqlstate(), "42804");
         assert_eq!(none.result().as_deref(), Some(r#"[{"n":7}]"#));
     }
 }
