@@ -499,6 +499,55 @@ fn a_concurrent_index_build_shows_its_progress() {
     assert!(index_is_valid(&mut c, "ci_x"));
 }
 
+/// An error raised when the transaction commits (a deferred constraint) is
+/// the commit's: no statement position, and `COMMIT`.
+#[test]
+fn an_error_at_commit_names_the_commit() {
+    let (_cluster, mut c) = start();
+    c.batch_execute(
+        "CREATE TABLE parent (id int PRIMARY KEY); \
+         CREATE TABLE child (parent int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)",
+    )
+    .unwrap();
+    for atomic in [true, false] {
+        let j = job(
+            &mut c,
+            &format!(
+                "SELECT bgw_run('INSERT INTO child VALUES (1); SELECT 1', atomic => {atomic})"
+            ),
+        );
+        let r = outcome(&mut c, j);
+        assert_eq!(status(&r), (Some("failed"), Some("23503")), "{r}");
+        assert_eq!(r["error_position"], Value::Null, "{r}");
+        assert_eq!(r["error_statement"], "COMMIT", "{r}");
+    }
+}
+
+/// Text crosses between UTF-8 and the database's encoding both ways, as for
+/// a client with client_encoding UTF8.
+#[test]
+fn a_job_in_a_latin1_database_reads_and_returns_text_in_its_encoding() {
+    let (_cluster, mut c) = start();
+    c.batch_execute(
+        "CREATE DATABASE lat ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    )
+    .unwrap();
+    let j = job(
+        &mut c,
+        "SELECT bgw_run($$SELECT length('é') AS n, chr(233) AS w$$, database => 'lat')",
+    );
+    let r = outcome(&mut c, j);
+    assert_eq!(status(&r), (Some("succeeded"), None), "{r}");
+    assert_eq!(r["result"], json!([{"n": 1, "w": "é"}]));
+    // A character LATIN1 has no room for, as for a client.
+    let j = job(
+        &mut c,
+        "SELECT bgw_run($$SELECT '€' AS euro$$, database => 'lat')",
+    );
+    let r = outcome(&mut c, j);
+    assert_eq!(status(&r), (Some("failed"), Some("22P05")), "{r}");
+}
+
 // ------------------------------------------------------------------ recipes
 // The README's "Recipes", as written there.
 

@@ -1415,3 +1415,109 @@ fn a_worker_never_uses_a_schema_a_lesser_role_made_for_it() {
         .expect("launch worker 9");
     finish(&mut c);
 }
+
+// ------------------------------------------- what the review of #13 found
+
+/// A value of any size in a job's result is never copied out of the
+/// server's memory, and what gexec keeps is bounded by what it costs, so
+/// no job can make its worker abort and the server restart.
+#[test]
+fn huge_results_and_floods_of_generated_statements_cost_the_worker_nothing() {
+    let (cluster, mut c) = start_cluster(&[]);
+    let mut att = attacker(&cluster);
+    let job = run(
+        &mut att,
+        "SELECT bgw_run($$SELECT repeat(chr(1), 200000000) AS v, 1 AS n$$)",
+    );
+    let r = result(&mut att, job);
+    assert_eq!(status(&r), (Some("succeeded"), None), "{r}");
+    assert_eq!((r["rows"].as_i64(), &r["result"]), (Some(1), &json!([])));
+    // The worker's peak memory shows the 200 MB value was never copied (as
+    // text, then as escaped JSON, it would take well over 1 GB). Read by
+    // the run itself, as a superuser's job may.
+    let job = run(
+        &mut c,
+        r"SELECT bgw_run($$SELECT repeat(chr(1), 200000000) AS v;
+                          SELECT (regexp_match(pg_read_file('/proc/self/status'),
+                                               'VmHWM:\s+(\d+) kB'))[1]::int8 AS peak_kb$$)",
+    );
+    let r = result(&mut c, job);
+    let peak_kb = r["result"][0]["peak_kb"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert!(peak_kb < 700_000, "the worker peaked at {peak_kb} kB: {r}");
+
+    // Empty values are skipped before they are kept.
+    let job = run(
+        &mut att,
+        "SELECT bgw_run($$SELECT '' FROM generate_series(1, 3000000)$$, gexec => true)",
+    );
+    let r = result(&mut att, job);
+    assert_eq!(status(&r), (Some("succeeded"), None), "{r}");
+    // Many tiny statements, or one huge one, meet the bound.
+    let bound = "with gexec, the statements generated may take at most 64 MB";
+    for script in [
+        "SELECT ';' FROM generate_series(1, 3000000)",
+        "SELECT repeat('x', 100000000)",
+    ] {
+        let job: i64 = att
+            .query_one("SELECT bgw_run($1, gexec => true)", &[&script])
+            .unwrap()
+            .get(0);
+        assert_failed(&result(&mut att, job), "54000", bound, script);
+    }
+    // Every session survived: the server never restarted.
+    c.batch_execute("SELECT 1")
+        .expect("the superuser's session");
+    assert_eq!(
+        cluster.log_count("terminated by signal"),
+        0,
+        "{}",
+        cluster.log()
+    );
+    finish(&mut c);
+}
+
+/// `statement_timeout` of the role, or set by the script itself, holds in
+/// a job as for a client; and the run's own timeout, once caught by the
+/// script, still ends the run before its next statement.
+#[test]
+fn statement_timeouts_hold_in_jobs_and_the_run_timeout_cannot_be_dodged() {
+    let (cluster, mut c) = start_cluster(&[]);
+    c.batch_execute("ALTER ROLE attacker SET statement_timeout = '300ms'")
+        .unwrap();
+    let job = run(
+        &mut c,
+        "SELECT bgw_run('SELECT pg_sleep(5)', role => 'attacker')",
+    );
+    let r = result(&mut c, job);
+    assert_failed(
+        &r,
+        "57014",
+        "canceling statement due to statement timeout",
+        "the role's setting",
+    );
+    c.batch_execute("ALTER ROLE attacker RESET statement_timeout")
+        .unwrap();
+
+    let mut att = attacker(&cluster);
+    let job = run(
+        &mut att,
+        "SELECT bgw_run($$SET statement_timeout = '300ms'; SELECT pg_sleep(5)$$, atomic => false)",
+    );
+    let r = result(&mut att, job);
+    assert_eq!(status(&r), (Some("failed"), Some("57014")), "{r}");
+    assert_eq!(r["error_position"], 2, "{r}");
+
+    let job = run(
+        &mut att,
+        "SELECT bgw_run($j$DO $d$ BEGIN PERFORM pg_sleep(3); \
+                              EXCEPTION WHEN query_canceled THEN NULL; END $d$; \
+                           SELECT pg_sleep(6)$j$, timeout => '1s', atomic => false)",
+    );
+    let r = result(&mut att, job);
+    assert_eq!(status(&r), (Some("timed out"), Some("57014")), "{r}");
+    assert_eq!(r["error_position"], 2, "{r}");
+    assert_eq!(r["statements"][0]["tag"], "DO", "{r}");
+    finish(&mut c);
+}

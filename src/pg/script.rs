@@ -12,16 +12,28 @@
 use pgrx::pg_sys;
 use std::ffi::{CStr, CString, c_char};
 
+/// One value of a row, as a sink gets it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cell {
+    Null,
+    /// Its type's text form, in UTF-8.
+    Text(String),
+    /// Larger than the sink's `value_limit`: not converted at all.
+    TooLong,
+}
+
 /// What a statement's rows are handed to. An `Err` stops the statement
 /// with that error.
 pub trait RowSink {
     /// A result set begins, with these columns (name, type).
     fn begin(&mut self, columns: &[(String, pg_sys::Oid)]) -> Result<(), super::CapturedError>;
-    /// Whether the next row's values are wanted; if not, the row is only
-    /// counted (by the command tag), at no cost.
-    fn wants_rows(&self) -> bool;
-    /// One row, each value in its type's text form.
-    fn row(&mut self, values: Vec<Option<String>>) -> Result<(), super::CapturedError>;
+    /// The largest value (stored size, in bytes) the sink wants converted
+    /// to text; 0: it wants no more rows, which are then only counted (by
+    /// the command tag). Nothing larger is ever copied out of the server's
+    /// memory, so a row of any size costs the worker nothing.
+    fn value_limit(&self) -> usize;
+    /// One row.
+    fn row(&mut self, values: Vec<Cell>) -> Result<(), super::CapturedError>;
 }
 
 /// What kind of statement, for the checks a job makes before running it.
@@ -68,7 +80,7 @@ impl Script {
     /// transaction, as postgres.c does.
     pub fn parse(sql: &str) -> Script {
         // A NUL cannot be sent by a client either; the text stops there.
-        let source = CString::new(sql.split('\0').next().unwrap_or_default()).unwrap_or_default();
+        let utf8 = sql.split('\0').next().unwrap_or_default();
         // SAFETY: a new context under TopMemoryContext, as long-lived as the
         // script; pg_parse_query allocates its trees in the current context,
         // which we restore on the way out (an ERROR ends the worker, and the
@@ -82,7 +94,8 @@ impl Script {
                 pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
             );
             let old = pg_sys::MemoryContextSwitchTo(context);
-            let source = pg_sys::pstrdup(source.as_ptr());
+            // In the database's encoding, as a client's text arrives.
+            let source = super::utf8_to_server(utf8);
             let list = pg_sys::pg_parse_query(source);
             let bytes = CStr::from_ptr(source).to_bytes();
             let mut statements = Vec::new();
@@ -93,10 +106,8 @@ impl Script {
                     len if len > 0 => (start + len as usize).min(bytes.len()),
                     _ => bytes.len(), // 0: the rest of the string
                 };
-                let text = String::from_utf8_lossy(&bytes[start..end])
-                    .trim()
-                    .to_string();
-                let text_c = CString::new(text.clone()).unwrap_or_default();
+                let text_c = CString::new(bytes[start..end].trim_ascii()).unwrap_or_default();
+                let text = super::server_to_utf8(text_c.as_bytes());
                 let tag = pg_sys::CreateCommandTag((*raw).stmt);
                 statements.push(Statement {
                     raw,
@@ -253,7 +264,8 @@ struct Receiver<'a> {
     /// First, so that PostgreSQL's `DestReceiver *` is a pointer to this.
     base: pg_sys::DestReceiver,
     sink: &'a mut dyn RowSink,
-    types: Vec<pg_sys::Oid>,
+    /// Type and `attlen` of each column.
+    types: Vec<(pg_sys::Oid, i16)>,
 }
 
 /// # Safety
@@ -279,7 +291,7 @@ unsafe extern "C-unwind" fn startup(
             .iter()
             .map(|a| (a.name().to_string(), a.atttypid))
             .collect();
-        r.types = columns.iter().map(|c| c.1).collect();
+        r.types = desc.iter().map(|a| (a.atttypid, a.attlen)).collect();
         if let Err(e) = r.sink.begin(&columns) {
             e.raise();
         }
@@ -295,7 +307,8 @@ unsafe extern "C-unwind" fn receive_slot(
     // descriptor given to `startup`; slot_getallattrs fills its arrays.
     unsafe {
         let r = receiver(this);
-        if !r.sink.wants_rows() {
+        let limit = r.sink.value_limit();
+        if limit == 0 {
             return true;
         }
         pg_sys::slot_getallattrs(slot);
@@ -303,11 +316,21 @@ unsafe extern "C-unwind" fn receive_slot(
             .types
             .iter()
             .enumerate()
-            .map(|(i, &type_oid)| {
+            .map(|(i, &(type_oid, attlen))| {
                 if *(*slot).tts_isnull.add(i) {
-                    None
+                    return Cell::Null;
+                }
+                let datum = *(*slot).tts_values.add(i);
+                let size = match attlen {
+                    // A varlena, maybe compressed or toasted: its full size.
+                    -1 => pg_sys::toast_raw_datum_size(datum),
+                    -2 => CStr::from_ptr(datum.cast_mut_ptr::<c_char>()).count_bytes(),
+                    n => n.max(0) as usize,
+                };
+                if size > limit {
+                    Cell::TooLong
                 } else {
-                    Some(super::output_text(*(*slot).tts_values.add(i), type_oid))
+                    Cell::Text(super::output_text(datum, type_oid))
                 }
             })
             .collect();

@@ -55,17 +55,57 @@ unsafe impl pgrx::callconv::BoxRet for SqlName {
     }
 }
 
-/// The text form of a datum, by its type's output function.
+/// The text form of a datum, by its type's output function, in UTF-8.
 pub fn output_text(datum: pg_sys::Datum, type_oid: pg_sys::Oid) -> String {
     let mut func = pg_sys::InvalidOid;
     let mut is_varlena = false;
-    // SAFETY: `datum` is a non-NULL value of `type_oid` from the current SPI
+    // SAFETY: `datum` is a non-NULL value of `type_oid` from the current
     // result; the output function returns a palloc'd C string.
     unsafe {
         pg_sys::getTypeOutputInfo(type_oid, &mut func, &mut is_varlena);
         let text = pg_sys::OidOutputFunctionCall(func, datum);
-        let owned = CStr::from_ptr(text).to_string_lossy().into_owned();
+        let owned = server_to_utf8(CStr::from_ptr(text).to_bytes());
         pg_sys::pfree(text.cast());
         owned
+    }
+}
+
+/// Text in the database's encoding, as UTF-8 (invalid bytes replaced).
+pub fn server_to_utf8(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return String::new();
+    }
+    // SAFETY: pg_server_to_any reads `len` bytes and returns either its
+    // input or a palloc'd, NUL-terminated conversion; a character that has
+    // no UTF-8 form raises an ERROR, as for a client.
+    unsafe {
+        let converted = pg_sys::pg_server_to_any(
+            bytes.as_ptr().cast(),
+            bytes.len() as i32,
+            pg_sys::pg_enc::PG_UTF8 as i32,
+        );
+        if converted.cast_const() == bytes.as_ptr().cast() {
+            return String::from_utf8_lossy(bytes).into_owned();
+        }
+        let owned = CStr::from_ptr(converted).to_string_lossy().into_owned();
+        pg_sys::pfree(converted.cast());
+        owned
+    }
+}
+
+/// UTF-8 text in the database's encoding, NUL-terminated and palloc'd in
+/// the current memory context. A character the database's encoding cannot
+/// hold raises an ERROR (22P05), as for a client.
+pub fn utf8_to_server(text: &str) -> *mut std::ffi::c_char {
+    let c = std::ffi::CString::new(text).unwrap_or_default();
+    // SAFETY: pstrdup copies the NUL-terminated text into the current
+    // context; pg_any_to_server returns its input or a palloc'd conversion.
+    unsafe {
+        let copy = pg_sys::pstrdup(c.as_ptr());
+        pg_sys::pg_any_to_server(
+            copy,
+            c.as_bytes().len() as i32,
+            pg_sys::pg_enc::PG_UTF8 as i32,
+        )
     }
 }

@@ -39,29 +39,51 @@ pub fn in_transaction<R>(query: &'static CStr, body: impl FnOnce() -> R) -> R {
 // timeout.h is not in pgrx's bindings. `TimeoutId` is a C enum (an int);
 // STATEMENT_TIMEOUT is its fourth member on every supported version (15-18).
 const STATEMENT_TIMEOUT: std::os::raw::c_int = 3;
-// SAFETY: `void enable_timeout_after(TimeoutId id, int delay_ms)` in
-// timeout.c, the same signature on every supported version.
+// SAFETY: `void enable_timeout_after(TimeoutId id, int delay_ms)` and
+// `void disable_timeout(TimeoutId id, bool keep_indicator)` in timeout.c,
+// the same signatures on every supported version.
 unsafe extern "C-unwind" {
     fn enable_timeout_after(id: std::os::raw::c_int, delay_ms: std::os::raw::c_int);
+    fn disable_timeout(id: std::os::raw::c_int, keep_indicator: bool);
 }
 
-/// Arms `statement_timeout` for `ms` from now and sets the setting, so that
-/// `SHOW statement_timeout` inside the job agrees. A client backend arms it
-/// per statement in postgres.c; a background worker running SPI must do so
-/// itself. When it fires, the running statement fails with SQLSTATE 57014.
-pub fn arm_statement_timeout(ms: i32) {
-    let value = std::ffi::CString::new(format!("{ms}ms")).unwrap_or_default();
-    // SAFETY: a registered timeout (InitPostgres registers STATEMENT_TIMEOUT
-    // in every backend, workers included); SetConfigOption copies its text.
+/// Which limit the statement timer was armed with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Armed {
+    #[default]
+    None,
+    /// The `statement_timeout` setting (of the role, the database, or a
+    /// `SET` in the script), in milliseconds.
+    Setting(i32),
+    /// What is left of the run's own timeout.
+    Run,
+}
+
+/// Arms the statement timeout for the statement about to run, as
+/// `start_xact_command` does for a client: the `statement_timeout` setting,
+/// but never past the run's deadline (`remaining_ms`; `None`: no deadline).
+/// When it fires, the statement fails with SQLSTATE 57014.
+pub fn arm_statement_timeout(remaining_ms: Option<i64>) -> Armed {
+    // SAFETY: plain read of the GUC's backend-local variable.
+    let setting = unsafe { pg_sys::StatementTimeout };
+    let armed = match (remaining_ms, setting) {
+        (Some(left), s) if s <= 0 || left <= i64::from(s) => Armed::Run,
+        (_, s) if s > 0 => Armed::Setting(s),
+        _ => Armed::None,
+    };
+    // SAFETY: STATEMENT_TIMEOUT is registered in every backend, workers
+    // included (InitPostgres).
     unsafe {
-        pg_sys::SetConfigOption(
-            c"statement_timeout".as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_SUSET,
-            pg_sys::GucSource::PGC_S_OVERRIDE,
-        );
-        enable_timeout_after(STATEMENT_TIMEOUT, ms);
+        match armed {
+            Armed::Run => enable_timeout_after(
+                STATEMENT_TIMEOUT,
+                remaining_ms.unwrap_or(1).clamp(1, i32::MAX.into()) as i32,
+            ),
+            Armed::Setting(ms) => enable_timeout_after(STATEMENT_TIMEOUT, ms),
+            Armed::None => disable_timeout(STATEMENT_TIMEOUT, false),
+        }
     }
+    armed
 }
 
 /// REPEATABLE READ or SERIALIZABLE: one snapshot for the whole transaction.

@@ -175,7 +175,7 @@ impl Slot {
     /// The statement running now, or the one that failed: its position and
     /// the start of its text.
     pub fn statement(&self) -> Option<(i32, String)> {
-        (self.position > 0).then(|| {
+        (self.position > 0 || self.statement_len > 0).then(|| {
             let text = &self.statement[..self.statement_len as usize];
             (self.position, String::from_utf8_lossy(text).into_owned())
         })

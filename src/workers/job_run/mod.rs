@@ -53,15 +53,17 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
     registry::report_running();
 
     let progress = RefCell::new(Progress::default());
-    // Before the timer is armed: when it fires, at least the timeout has
-    // passed since `started`, so a timeout is never taken for a cancel.
+    // Before any timer is armed: when the run's fires, at least the timeout
+    // has passed since `started`, so a timeout is never taken for a cancel.
     // The timeout bounds the whole run, not each statement.
     let started = Instant::now();
-    if job.timeout_ms > 0 {
-        pg::arm_statement_timeout(job.timeout_ms);
-    }
+    let limits = script::Limits {
+        deadline: (job.timeout_ms > 0)
+            .then(|| started + Duration::from_millis(job.timeout_ms as u64)),
+        timeout_ms: job.timeout_ms,
+    };
     pg::inspect_error(
-        || script::run(slot, &job.sql(), job.atomic, job.gexec, &progress),
+        || script::run(slot, &job.sql(), job.atomic, job.gexec, &limits, &progress),
         // The outcome, taken where the error is raised; the error then
         // ends the worker as in any background worker.
         |e| {
@@ -91,13 +93,20 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
     pg::exit_quietly();
 }
 
-/// How a run that raised `e` ended: 57014 is a timeout once the run's
-/// `timeout` has passed, and otherwise a cancel (`pg_cancel_backend`). The
-/// outcome names the statement that failed.
+/// How a run that raised `e` ended. 57014 is a timeout once the run's
+/// `timeout` has passed; a failure when the `statement_timeout` setting the
+/// statement was armed with has passed, as a client's statement would fail;
+/// and otherwise a cancel (`pg_cancel_backend`). The outcome names the
+/// statement that failed.
 fn failure(e: &CapturedError, ran: Duration, timeout_ms: i32, progress: &Progress) -> Outcome {
     let timed_out = timeout_ms > 0 && ran >= Duration::from_millis(timeout_ms as u64);
+    let setting_passed = match (progress.armed, progress.statement_started) {
+        (pg::Armed::Setting(ms), Some(at)) => at.elapsed() >= Duration::from_millis(ms as u64),
+        _ => false,
+    };
     let status = match e.sqlstate().as_str() {
         "57014" if timed_out => Status::TimedOut,
+        "57014" if setting_passed => Status::Failed,
         "57014" => Status::Cancelled,
         _ => Status::Failed,
     };
@@ -116,7 +125,8 @@ fn failure(e: &CapturedError, ran: Duration, timeout_ms: i32, progress: &Progres
         error: Some(error),
         result: None,
         statements: Some(progress.statements()),
-        statement: (progress.position > 0).then(|| (progress.position, progress.text.clone())),
+        statement: (progress.position > 0 || !progress.text.is_empty())
+            .then(|| (progress.position, progress.text.clone())),
     }
 }
 
@@ -149,5 +159,20 @@ mod unit_tests {
             Status::Cancelled
         );
         assert_eq!(failure(&e("22012"), ms(10), 300, &p).status, Status::Failed);
+        // The statement_timeout setting: a failed statement, as for a client.
+        let mut armed = Progress::default();
+        armed.armed = pg::Armed::Setting(1);
+        armed.statement_started = Some(Instant::now() - ms(5));
+        assert_eq!(
+            failure(&e("57014"), ms(10), 300, &armed).status,
+            Status::Failed
+        );
+        let mut fresh = Progress::default();
+        fresh.armed = pg::Armed::Setting(60_000);
+        fresh.statement_started = Some(Instant::now());
+        assert_eq!(
+            failure(&e("57014"), ms(10), 0, &fresh).status,
+            Status::Cancelled
+        );
     }
 }

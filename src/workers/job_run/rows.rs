@@ -1,7 +1,7 @@
 //! Where a statement's rows go: the first ones, as JSON, for the run's
 //! `result`; with `gexec`, every value of the last statement, to be run.
 
-use crate::pg::{CapturedError, RowSink};
+use crate::pg::{CapturedError, Cell, RowSink};
 use crate::shmem::job_slots::RESULT_MAX;
 use pgrx::prelude::*;
 use serde_json::{Map, Value};
@@ -19,8 +19,10 @@ pub struct Rows {
 }
 
 /// The statements `gexec` keeps to run: they are held in the worker's
-/// memory until the generating statement has finished.
+/// memory until the generating statement has finished. Each counts its
+/// length and what keeping it costs besides.
 const GEXEC_MAX_BYTES: usize = 64 << 20;
+const PER_STATEMENT_COST: usize = 64;
 
 impl Rows {
     pub fn new(collect: bool) -> Rows {
@@ -68,37 +70,48 @@ impl RowSink for Rows {
         Ok(())
     }
 
-    fn wants_rows(&self) -> bool {
-        self.collect.is_some() || !self.full
+    fn value_limit(&self) -> usize {
+        if self.collect.is_some() {
+            // At least 1, so that a value over the bound is seen, and refused.
+            GEXEC_MAX_BYTES.saturating_sub(self.collected_bytes).max(1)
+        } else if self.full {
+            0
+        } else {
+            RESULT_MAX
+        }
     }
 
-    fn row(&mut self, values: Vec<Option<String>>) -> Result<(), CapturedError> {
-        if let (Some(collect), Some(Some(value))) = (&mut self.collect, values.first()) {
-            self.collected_bytes += value.len();
-            if self.collected_bytes > GEXEC_MAX_BYTES {
-                return Err(CapturedError {
-                    detail: Some(format!("{} statements were generated before.", collect.len())),
-                    hint: Some(
-                        "Generate fewer statements a run, e.g. with LIMIT; the next run does the rest."
-                            .into(),
-                    ),
-                    ..CapturedError::new(
-                        PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED as i32,
-                        format!(
-                            "with gexec, the statements generated may take at most {} MB",
-                            GEXEC_MAX_BYTES >> 20
-                        ),
-                    )
-                });
+    fn row(&mut self, values: Vec<Cell>) -> Result<(), CapturedError> {
+        if let Some(collect) = &mut self.collect {
+            match values.first() {
+                Some(Cell::Text(value)) if !value.trim().is_empty() => {
+                    self.collected_bytes += value.len() + PER_STATEMENT_COST;
+                    if self.collected_bytes > GEXEC_MAX_BYTES {
+                        return Err(too_much(collect.len()));
+                    }
+                    collect.push(value.clone());
+                }
+                Some(Cell::TooLong) => return Err(too_much(collect.len())),
+                _ => {} // NULL, or only white space: nothing to run
             }
-            collect.push(value.clone());
         }
-        let Some(text) = self.text.as_mut().filter(|_| !self.full) else {
+        if self.full {
+            return Ok(());
+        }
+        let Some(text) = self.text.as_mut() else {
             return Ok(());
         };
         let mut row = Map::new();
         for ((name, &type_oid), value) in self.names.iter().zip(&self.types).zip(values) {
-            let value = value.map_or(Value::Null, |v| json_value(v, type_oid));
+            let value = match value {
+                Cell::Null => Value::Null,
+                Cell::Text(v) => json_value(v, type_oid),
+                Cell::TooLong => {
+                    // Cannot fit: the result ends before this row.
+                    self.full = true;
+                    return Ok(());
+                }
+            };
             row.insert(name.clone(), value);
         }
         let row = Value::Object(row).to_string();
@@ -112,6 +125,22 @@ impl RowSink for Rows {
         }
         text.push_str(&row);
         Ok(())
+    }
+}
+
+fn too_much(generated: usize) -> CapturedError {
+    CapturedError {
+        detail: Some(format!("{generated} statements were generated before.")),
+        hint: Some(
+            "Generate fewer statements a run, e.g. with LIMIT; the next run does the rest.".into(),
+        ),
+        ..CapturedError::new(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED as i32,
+            format!(
+                "with gexec, the statements generated may take at most {} MB",
+                GEXEC_MAX_BYTES >> 20
+            ),
+        )
     }
 }
 
@@ -173,9 +202,10 @@ mod unit_tests {
         rows.begin(&[("s".into(), pg_sys::TEXTOID)]).unwrap();
         let long = "x".repeat(1000);
         for _ in 0..20 {
-            rows.row(vec![Some(long.clone())]).unwrap();
+            rows.row(vec![Cell::Text(long.clone())]).unwrap();
         }
-        rows.row(vec![None]).unwrap();
+        rows.row(vec![Cell::Null]).unwrap();
+        rows.row(vec![Cell::Text(" \n".into())]).unwrap();
         let result = rows.result().unwrap();
         assert!(result.len() <= RESULT_MAX, "{}", result.len());
         let parsed: Vec<Value> = serde_json::from_str(&result).unwrap();
@@ -185,7 +215,9 @@ mod unit_tests {
         let mut none = Rows::new(false);
         assert_eq!(none.result(), None);
         none.begin(&[("n".into(), pg_sys::INT4OID)]).unwrap();
-        none.row(vec![Some("7".into())]).unwrap();
+        none.row(vec![Cell::Text("7".into())]).unwrap();
+        none.row(vec![Cell::TooLong]).unwrap();
+        assert_eq!(none.value_limit(), 0, "full after a value too long");
         let two = [("a".into(), pg_sys::INT4OID), ("b".into(), pg_sys::INT4OID)];
         let e = Rows::new(true).begin(&two).unwrap_err();
         assert_eq!(e.sqlstate(), "42804");

@@ -9,6 +9,13 @@ use crate::pg::{self, Completion, Script, StatementKind, UserError};
 use crate::shmem::job_slots::{self, STATEMENT_TEXT_MAX, STATEMENTS_MAX};
 use pgrx::prelude::*;
 use std::cell::RefCell;
+use std::time::Instant;
+
+/// The run's own time limit.
+pub struct Limits {
+    pub deadline: Option<Instant>,
+    pub timeout_ms: i32,
+}
 
 /// What a run has done so far. The error handler reads it when a
 /// statement fails; the job slot gets a copy before each statement, for a
@@ -21,8 +28,13 @@ pub struct Progress {
     /// The statement running now (1-based), and the start of its text.
     pub position: i32,
     pub text: String,
-    /// Running several statements in one implicit block (`atomic`).
+    /// Running several statements of the job's script in one implicit
+    /// block (`atomic`).
     pub in_block: bool,
+    /// What the statement timer was armed with, and when the statement
+    /// started: how a 57014 is told apart.
+    pub armed: pg::Armed,
+    pub statement_started: Option<Instant>,
     /// The last statement's row count, and the first rows of the last
     /// statement that returned a result set.
     pub rows: i64,
@@ -77,118 +89,173 @@ fn cut(text: &str, max: usize) -> &str {
 }
 
 /// Runs the job's script and, with `gexec`, the statements it generated.
-pub fn run(slot: usize, sql: &str, atomic: bool, gexec: bool, progress: &RefCell<Progress>) {
-    let mut position = 0;
-    let generated = run_script(slot, sql, atomic, gexec, None, &mut position, progress);
-    for text in generated {
-        run_script(
-            slot,
-            &text,
-            true,
-            false,
-            Some(&text),
-            &mut position,
-            progress,
-        );
-    }
-}
-
-/// Runs one script; returns the values of its last statement's rows when
-/// `collect`. `generated`: the script is a value `gexec` collected; one
-/// without any statement is then skipped, as psql's `\gexec` does.
-fn run_script(
+pub fn run(
     slot: usize,
     sql: &str,
     atomic: bool,
-    collect: bool,
-    generated: Option<&str>,
-    position: &mut i32,
+    gexec: bool,
+    limits: &Limits,
     progress: &RefCell<Progress>,
-) -> Vec<String> {
-    // A script that does not parse fails as its first statement.
-    note_statement(slot, progress, *position + 1, sql);
-    pg::start_transaction();
-    let script = Script::parse(sql);
-    let count = script.statements.len();
-    if count == 0 {
-        if generated.is_some() {
-            pg::commit_transaction();
-            script.release();
-            return Vec::new();
-        }
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
-            "the job's SQL has no statement",
-        )
-        .detail("It is empty, or holds only comments.")
-        .raise();
+) {
+    let mut run = Run {
+        slot,
+        limits,
+        progress,
+        position: 0,
+    };
+    let generated = run.script(sql, atomic, gexec, None);
+    for text in generated {
+        run.script(&text, true, false, Some(&text));
     }
-    // Checked before anything runs: such a script has no effect at all.
-    for (i, statement) in script.statements.iter().enumerate() {
-        if statement.kind != StatementKind::Ordinary {
-            note_statement(slot, progress, *position + 1 + i as i32, &statement.text);
-            refuse(statement.kind, &statement.tag, atomic);
-        }
-    }
-
-    let implicit_block = atomic && count > 1;
-    progress.borrow_mut().in_block = implicit_block;
-    let mut rows_of_last = Vec::new();
-    let mut in_transaction = true;
-    for (i, statement) in script.statements.iter().enumerate() {
-        *position += 1;
-        note_statement(slot, progress, *position, &statement.text);
-        if !in_transaction {
-            pg::start_transaction();
-            in_transaction = true;
-        }
-        let last = i + 1 == count;
-        let mut rows = Rows::new(collect && last);
-        let done = script.run(i, implicit_block, &mut rows);
-        {
-            let mut p = progress.borrow_mut();
-            p.push(*position, &done, generated.map(|_| statement.text.as_str()));
-            p.rows = done.rows.map_or(0, |n| n as i64);
-            if let Some(result) = rows.result() {
-                p.result = Some(result);
-            }
-        }
-        if last {
-            if implicit_block {
-                pg::end_implicit_block();
-            }
-            pg::commit_transaction();
-            in_transaction = false;
-            rows_of_last = rows.collected();
-        } else if atomic {
-            pg::command_counter_increment();
-        } else {
-            pg::commit_transaction();
-            in_transaction = false;
-        }
-    }
-    progress.borrow_mut().in_block = false;
-    script.release();
-    rows_of_last
 }
 
-/// Statement `position` starts: noted for the error handler and in the
-/// job slot.
-fn note_statement(slot: usize, progress: &RefCell<Progress>, position: i32, text: &str) {
-    let mut p = progress.borrow_mut();
-    p.position = position;
-    p.text = cut(text.trim(), STATEMENT_TEXT_MAX).to_string();
-    job_slots::report_progress(slot, &p.statements(), position, &p.text);
+struct Run<'a> {
+    slot: usize,
+    limits: &'a Limits,
+    progress: &'a RefCell<Progress>,
+    /// The last statement's position.
+    position: i32,
 }
 
-fn refuse(kind: StatementKind, tag: &str, atomic: bool) -> ! {
+impl Run<'_> {
+    /// Runs one script; returns the values of its last statement's rows
+    /// when `collect`. `generated`: the script is a value `gexec` collected;
+    /// one without any statement is then skipped, as psql's `\gexec` does.
+    fn script(
+        &mut self,
+        sql: &str,
+        atomic: bool,
+        collect: bool,
+        generated: Option<&str>,
+    ) -> Vec<String> {
+        // A script that does not parse fails as its first statement.
+        self.note(self.position + 1, sql);
+        self.arm_timeout();
+        pg::start_transaction();
+        let script = Script::parse(sql);
+        let count = script.statements.len();
+        if count == 0 {
+            if generated.is_some() {
+                pg::commit_transaction();
+                script.release();
+                return Vec::new();
+            }
+            UserError::new(
+                PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+                "the job's SQL has no statement",
+            )
+            .detail("It is empty, or holds only comments.")
+            .raise();
+        }
+        // Checked before anything runs: such a script has no effect at all.
+        for (i, statement) in script.statements.iter().enumerate() {
+            if statement.kind != StatementKind::Ordinary {
+                self.note(self.position + 1 + i as i32, &statement.text);
+                refuse(statement.kind, &statement.tag, atomic, generated.is_some());
+            }
+        }
+
+        let implicit_block = atomic && count > 1;
+        self.progress.borrow_mut().in_block = implicit_block && generated.is_none();
+        let mut rows_of_last = Vec::new();
+        let mut in_transaction = true;
+        for (i, statement) in script.statements.iter().enumerate() {
+            self.position += 1;
+            self.note(self.position, &statement.text);
+            self.arm_timeout();
+            if !in_transaction {
+                pg::start_transaction();
+                in_transaction = true;
+            }
+            let last = i + 1 == count;
+            let mut rows = Rows::new(collect && last);
+            let done = script.run(i, implicit_block, &mut rows);
+            {
+                let mut p = self.progress.borrow_mut();
+                p.push(
+                    self.position,
+                    &done,
+                    generated.map(|_| statement.text.as_str()),
+                );
+                p.rows = done.rows.map_or(0, |n| n as i64);
+                if let Some(result) = rows.result() {
+                    p.result = Some(result);
+                }
+            }
+            if last {
+                if implicit_block {
+                    pg::end_implicit_block();
+                }
+                self.commit();
+                in_transaction = false;
+                rows_of_last = rows.collected();
+            } else if atomic {
+                pg::command_counter_increment();
+            } else {
+                self.commit();
+                in_transaction = false;
+            }
+        }
+        self.progress.borrow_mut().in_block = false;
+        script.release();
+        rows_of_last
+    }
+
+    /// Statement `position` starts: noted for the error handler and in the
+    /// job slot.
+    fn note(&self, position: i32, text: &str) {
+        let mut p = self.progress.borrow_mut();
+        p.position = position;
+        p.text = cut(text.trim(), STATEMENT_TEXT_MAX).to_string();
+        job_slots::report_progress(self.slot, &p.statements(), position, &p.text);
+    }
+
+    /// Commits; an error raised then (a deferred constraint) is the
+    /// commit's, not the last statement's: no position, and "COMMIT".
+    fn commit(&self) {
+        self.note(0, "COMMIT");
+        pg::commit_transaction();
+    }
+
+    /// Arms the statement timer for what comes next, within the run's
+    /// deadline; past it, the run ends here, timed out.
+    fn arm_timeout(&self) {
+        let remaining = self
+            .limits
+            .deadline
+            // Rounded up: the timer never fires before the deadline.
+            .map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .as_micros()
+                    .div_ceil(1000) as i64
+            });
+        if remaining == Some(0) {
+            UserError::new(
+                PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+                format!(
+                    "canceling the job's run: its timeout of {} ms has passed",
+                    self.limits.timeout_ms
+                ),
+            )
+            .raise();
+        }
+        let armed = pg::arm_statement_timeout(remaining);
+        let mut p = self.progress.borrow_mut();
+        p.armed = armed;
+        p.statement_started = Some(Instant::now());
+    }
+}
+
+fn refuse(kind: StatementKind, tag: &str, atomic: bool, generated: bool) -> ! {
     match kind {
         StatementKind::TransactionControl => UserError::new(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("{tag} is not allowed in a job's SQL"),
         )
         .detail("A job's statements run in transactions the job controls.")
-        .hint(if atomic {
+        .hint(if generated {
+            "Each generated statement already runs in a transaction of its own; generate none that control transactions."
+        } else if atomic {
             "To commit as the script goes, run the job with atomic => false: each statement then runs in a transaction of its own."
         } else {
             "With atomic => false each statement already runs in a transaction of its own; leave out the transaction control."

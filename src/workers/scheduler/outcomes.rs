@@ -181,7 +181,7 @@ fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> S
             "UPDATE {} SET finished_at = clock_timestamp(), status = $3, rows = $4, \
                     sqlstate = $5, error = $6, result = $7::jsonb, pid = nullif($8, 0), \
                     detail = $9, hint = $10, statements = $11::jsonb, \
-                    error_position = $12, error_statement = $13 \
+                    error_position = nullif($12, 0), error_statement = $13 \
               WHERE job = $1 AND run = $2 AND finished_at IS NULL",
             t.runs
         ),
