@@ -15,6 +15,7 @@ mod access;
 mod api;
 mod faults;
 mod pg;
+mod schedule;
 mod settings;
 mod shmem;
 mod store;

@@ -16,9 +16,12 @@ pub static RESTART_TIME_S: GucSetting<i32> = GucSetting::<i32>::new(5);
 pub static MONITOR: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static LAUNCH_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static MAX_JOBS: GucSetting<i32> = GucSetting::<i32>::new(8);
+pub static QUEUE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+pub static HISTORY_MAX_AGE_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
+pub static HISTORY_MAX_RUNS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 /// Upper bound of `bgworker_rs.max_jobs`; each job slot holds the statement
-/// and the start of its result in shared memory (about 17 kB).
+/// its outcome and its statements' summary in shared memory (about 28 kB).
 pub const MAX_JOBS_LIMIT: i32 = 1024;
 
 /// Defines the settings. As in worker_spi, the postmaster-level ones exist
@@ -102,6 +105,38 @@ pub fn init(preloading: bool) {
             GucFlags::UNIT_S,
         );
     }
+
+    // Read by the scheduler at each wake; a reload applies them.
+    GucRegistry::define_int_guc(
+        c"bgworker_rs.queue_timeout",
+        c"How long a one-shot job's run waits for a free slot before it fails.",
+        c"A recurring job's run waits up to its period instead.",
+        &QUEUE_TIMEOUT_MS,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"bgworker_rs.history_max_age",
+        c"Runs in bgw_job_runs that finished longer ago than this are deleted.",
+        c"-1 keeps them.",
+        &HISTORY_MAX_AGE_S,
+        -1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"bgworker_rs.history_max_runs",
+        c"Finished runs kept per job in bgw_job_runs; older ones are deleted.",
+        c"-1 keeps them.",
+        &HISTORY_MAX_RUNS,
+        -1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
 
     // Test builds only; must be defined before the prefix is reserved, which
     // drops every placeholder not defined by then.

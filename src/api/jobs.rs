@@ -37,6 +37,23 @@ CREATE TABLE @extschema@.bgw_job_defs (
     timeout pg_catalog.interval,
     atomic pg_catalog.bool NOT NULL DEFAULT true,
     gexec pg_catalog.bool NOT NULL DEFAULT false,
+    -- bgw_schedule(): a name (unique per creator among live jobs), a cron
+    -- schedule and the IANA time zone it is read in.
+    name pg_catalog.text,
+    schedule pg_catalog.text,
+    timezone pg_catalog.text,
+    active pg_catalog.bool NOT NULL DEFAULT true,
+    retries pg_catalog.int4 NOT NULL DEFAULT 0
+        CHECK (retries OPERATOR(pg_catalog.>=) 0),
+    retry_delay pg_catalog.interval NOT NULL DEFAULT '10s',
+    consecutive_failures pg_catalog.int4 NOT NULL DEFAULT 0,
+    last_status pg_catalog.text,
+    last_finished_at pg_catalog.timestamptz,
+    -- Ticks that fell while a run was still going or waiting.
+    skipped pg_catalog.int8 NOT NULL DEFAULT 0,
+    -- The next retry of a failed run, and its attempt number.
+    retry_at pg_catalog.timestamptz,
+    retry_attempt pg_catalog.int4,
     state pg_catalog.text NOT NULL DEFAULT 'scheduled'
         CHECK (state OPERATOR(pg_catalog.=) ANY ('{scheduled,finished,cancelled}'::pg_catalog.text[])),
     reason pg_catalog.text,
@@ -51,10 +68,14 @@ COMMENT ON TABLE @extschema@.bgw_job_defs IS
 CREATE TABLE @extschema@.bgw_job_runs (
     job pg_catalog.int8 NOT NULL REFERENCES @extschema@.bgw_job_defs (id) ON DELETE CASCADE,
     run pg_catalog.int4 NOT NULL,
-    started_at pg_catalog.timestamptz NOT NULL,
+    attempt pg_catalog.int4 NOT NULL DEFAULT 1,
+    -- When it was due, and when, still waiting for a slot, it fails.
+    due_at pg_catalog.timestamptz,
+    expires_at pg_catalog.timestamptz,
+    started_at pg_catalog.timestamptz,
     finished_at pg_catalog.timestamptz,
     status pg_catalog.text NOT NULL
-        CHECK (status OPERATOR(pg_catalog.=) ANY ('{running,succeeded,failed,cancelled,timed out}'::pg_catalog.text[])),
+        CHECK (status OPERATOR(pg_catalog.=) ANY ('{queued,running,succeeded,failed,cancelled,timed out}'::pg_catalog.text[])),
     pid pg_catalog.int4,
     rows pg_catalog.int8,
     sqlstate pg_catalog.text,
@@ -67,11 +88,16 @@ CREATE TABLE @extschema@.bgw_job_runs (
     result pg_catalog.jsonb,
     PRIMARY KEY (job, run)
 );
-CREATE INDEX bgw_job_defs_due ON @extschema@.bgw_job_defs (next_run_at)
+CREATE INDEX bgw_job_defs_due ON @extschema@.bgw_job_defs
+    (LEAST(next_run_at, retry_at))
     WHERE state OPERATOR(pg_catalog.=) 'scheduled';
+CREATE UNIQUE INDEX bgw_job_defs_name ON @extschema@.bgw_job_defs (created_by, name)
+    WHERE name IS NOT NULL AND state OPERATOR(pg_catalog.<>) 'cancelled';
+CREATE INDEX bgw_job_runs_queued ON @extschema@.bgw_job_runs (due_at)
+    WHERE status OPERATOR(pg_catalog.=) 'queued';
 
 COMMENT ON TABLE @extschema@.bgw_job_runs IS
-'One row per run of a bgw_run() job. statements: the statements that finished, in order, each {"position", "tag", "rows"} (rows where the command tag counts them; generated statements also have "generated" and the start of their "text"); rows: the last statement''s count; result: the first rows of the last statement that returned rows, as a JSON array, at most 8 kB; sqlstate, error, detail, hint: why a run failed, was cancelled or timed out; error_position and error_statement: the statement that failed or was stopped (its position and the start of its text).';
+'One row per run (or retry: attempt) of a job; status queued while it waits for a free slot (started_at NULL), until expires_at. statements: the statements that finished, in order, each {"position", "tag", "rows"} (rows where the command tag counts them; generated statements also have "generated" and the start of their "text"); rows: the last statement''s count; result: the first rows of the last statement that returned rows, as a JSON array, at most 8 kB; sqlstate, error, detail, hint: why a run failed, was cancelled or timed out; error_position and error_statement: the statement that failed or was stopped (its position and the start of its text).';
 
 -- Kept by pg_dump, as user data; the sequence too, so that a restored
 -- database goes on with new job ids.
@@ -80,20 +106,25 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.bgw_job_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.bgw_job_defs_id_seq', '');
 
 CREATE VIEW @extschema@.bgw_jobs WITH (security_barrier) AS
-SELECT d.id, d.sql,
+SELECT d.id, d.name, d.sql, d.schedule, d.timezone,
        (SELECT db.datname FROM pg_catalog.pg_database db
          WHERE db.oid OPERATOR(pg_catalog.=) d.database) AS database,
        pg_catalog.pg_get_userbyid(d.role::pg_catalog.oid) AS role,
-       d.every, d.timeout, d.atomic, d.gexec,
-       CASE WHEN p.pid IS NOT NULL THEN 'running' ELSE d.state END AS state,
+       d.every, d.timeout, d.atomic, d.gexec, d.active, d.retries, d.retry_delay,
+       CASE WHEN p.pid IS NOT NULL THEN 'running'
+            WHEN EXISTS (SELECT FROM @extschema@.bgw_job_runs q
+                          WHERE q.job OPERATOR(pg_catalog.=) d.id
+                            AND q.status OPERATOR(pg_catalog.=) 'queued') THEN 'queued'
+            ELSE d.state END AS state,
        d.created_at,
        pg_catalog.pg_get_userbyid(d.created_by::pg_catalog.oid) AS created_by,
-       d.next_run_at, d.runs, p.pid, d.reason
+       d.next_run_at, d.runs, p.pid, d.reason,
+       d.consecutive_failures, d.last_status, d.last_finished_at, d.skipped
   FROM @extschema@.bgw_job_defs d
   LEFT JOIN LATERAL (SELECT @extschema@.bgw_job_pid(d.id) AS pid) p ON true
  WHERE @extschema@.bgw_job_visible(d.created_by::pg_catalog.oid, d.role::pg_catalog.oid);
 COMMENT ON VIEW @extschema@.bgw_jobs IS
-'The bgw_run() jobs the reader may manage (superusers: all): state is running (pid: its current run), scheduled, finished or cancelled; reason: why the scheduler cancelled it (a dropped role or database).';
+'The jobs the reader may manage (superusers: all): state is running (pid: its current run), queued (waiting for a free slot), scheduled, finished or cancelled; active false: paused (bgw_alter); reason: why the scheduler cancelled it (a dropped role or database); skipped: ticks that fell while a run was going.';
 
 REVOKE ALL ON @extschema@.bgw_job_defs, @extschema@.bgw_job_runs, @extschema@.bgw_jobs FROM PUBLIC;
 "#,
@@ -103,12 +134,12 @@ REVOKE ALL ON @extschema@.bgw_job_defs, @extschema@.bgw_job_runs, @extschema@.bg
 
 /// The longest `every`: a longer one is a mistake, and near the end of
 /// PostgreSQL's calendar it could not be added to a time.
-const EVERY_MAX: Duration = Duration::from_secs(3653 * 86_400);
-const EVERY_MAX_TEXT: &str = "10 years (3653 days)";
+pub(super) const EVERY_MAX: Duration = Duration::from_secs(3653 * 86_400);
+pub(super) const EVERY_MAX_TEXT: &str = "10 years (3653 days)";
 
 /// Jobs need the library preloaded with `bgworker_rs.max_jobs` > 0, and are
 /// kept in the scheduler's database.
-fn require_jobs() {
+pub(super) fn require_jobs() {
     manage::require_registry();
     if !job_slots::is_available() {
         UserError::new(
@@ -137,7 +168,7 @@ fn require_jobs() {
     }
 }
 
-fn wake_scheduler_at_commit() {
+pub(super) fn wake_scheduler_at_commit() {
     if let Some(pid) = registry::live_pid(Kind::Scheduler) {
         pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
             pg::wake_backend(pid)
@@ -153,13 +184,15 @@ CREATE FUNCTION bgw_run(
     "role" name DEFAULT NULL,
     "timeout" interval DEFAULT NULL,
     "atomic" boolean DEFAULT true,
-    "gexec" boolean DEFAULT false
+    "gexec" boolean DEFAULT false,
+    "at" timestamptz DEFAULT NULL
 ) RETURNS int8
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'bgw_run_wrapper';
-COMMENT ON FUNCTION bgw_run(text, interval, name, name, interval, boolean, boolean) IS
-'Creates a job that runs sql in a background worker, once or every interval (NULL: once), in database as role (NULL: the caller''s current ones, with bgw_launch''s permission rules), and returns its id. The first run starts when the calling transaction commits. Its statements run at top level, as a client''s: atomic (the default) runs them in one transaction, and a lone statement such as VACUUM outside any; atomic => false runs each in its own transaction and stops at the first that fails. gexec => true runs each value of the last statement''s rows as a statement of its own, as psql''s \gexec. A run taking longer than timeout in all is cancelled. Outcomes go to bgw_job_runs; bgw_result() waits for one.';
+COMMENT ON FUNCTION bgw_run(text, interval, name, name, interval, boolean, boolean, timestamptz) IS
+'Creates a job that runs sql in a background worker, once or every interval (NULL: once), in database as role (NULL: the caller''s current ones, with bgw_launch''s permission rules), and returns its id. The first run starts at at, or (NULL) when the calling transaction commits; with every, runs go on from at. Its statements run at top level, as a client''s: atomic (the default) runs them in one transaction, and a lone statement such as VACUUM outside any; atomic => false runs each in its own transaction and stops at the first that fails. gexec => true runs each value of the last statement''s rows as a statement of its own, as psql''s \gexec. A run taking longer than timeout in all is cancelled. Outcomes go to bgw_job_runs; bgw_result() waits for one.';
 "#)]
+#[allow(clippy::too_many_arguments)] // the SQL signature
 fn bgw_run(
     sql: Option<&str>,
     every: Option<Interval>,
@@ -168,38 +201,21 @@ fn bgw_run(
     timeout: Option<Interval>,
     atomic: Option<bool>,
     gexec: Option<bool>,
+    at: Option<TimestampWithTimeZone>,
 ) -> i64 {
-    let sql = args::required(sql, "sql");
+    let sql = checked_sql(sql);
     let atomic = args::required(atomic, "atomic");
     let gexec = args::required(gexec, "gexec");
-    if sql.len() > SQL_MAX {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
-            format!("sql is too long ({} bytes)", sql.len()),
-        )
-        .detail(format!(
-            "A job's statement may have at most {SQL_MAX} bytes."
-        ))
-        .hint("Put a longer statement in a function and run a call of it.")
-        .raise();
-    }
     let _ = args::bounded(every, "every", EVERY_MAX, EVERY_MAX_TEXT);
-    let timeout_ms = args::bounded(timeout, "timeout", Duration::MAX, "").map(|t| t.as_millis());
-    if timeout_ms.is_some_and(|ms| ms > i32::MAX as u128 || ms == 0) {
+    checked_timeout(timeout);
+    if at.is_some_and(|t| t.is_infinity() || t.is_neg_infinity()) {
         UserError::new(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            "timeout must be between 1 millisecond and 2147483647 milliseconds",
+            "at must be a finite time",
         )
         .raise();
     }
-    require_jobs();
-    if pg::recovery_in_progress() {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "cannot create a bgworker_rs job while the server is in recovery",
-        )
-        .raise();
-    }
+    require_writable_jobs();
     let database = database.map_or_else(pg::current_database, launch::resolve_database);
     let role = role.map_or_else(pg::current_user, launch::resolve_role);
     access::check_permissions(database, role, 0);
@@ -210,7 +226,7 @@ fn bgw_run(
             .update(
                 &format!(
                     "INSERT INTO {} (sql, database, database_name, role, every, timeout, created_by, next_run_at, atomic, gexec) \
-                     VALUES ($1, $2, $7, $3::oid::regrole, $4, $5, $6::oid::regrole, now(), $8, $9) RETURNING id",
+                     VALUES ($1, $2, $7, $3::oid::regrole, $4, $5, $6::oid::regrole, coalesce($10, now()), $8, $9) RETURNING id",
                     t.defs
                 ),
                 None,
@@ -224,6 +240,7 @@ fn bgw_run(
                     pg::database_name(database).into(),
                     atomic.into(),
                     gexec.into(),
+                    at.into(),
                 ],
             )?
             .first()
@@ -236,9 +253,50 @@ fn bgw_run(
     id
 }
 
+/// A job's statement: given, and not longer than a job slot holds.
+pub(super) fn checked_sql(sql: Option<&str>) -> &str {
+    let sql = args::required(sql, "sql");
+    if sql.len() > SQL_MAX {
+        UserError::new(
+            PgSqlErrorCode::ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+            format!("sql is too long ({} bytes)", sql.len()),
+        )
+        .detail(format!(
+            "A job's statement may have at most {SQL_MAX} bytes."
+        ))
+        .hint("Put a longer statement in a function and run a call of it.")
+        .raise();
+    }
+    sql
+}
+
+/// A run's timeout: finite, positive, at most i32::MAX milliseconds.
+pub(super) fn checked_timeout(timeout: Option<Interval>) {
+    let timeout_ms = args::bounded(timeout, "timeout", Duration::MAX, "").map(|t| t.as_millis());
+    if timeout_ms.is_some_and(|ms| ms > i32::MAX as u128 || ms == 0) {
+        UserError::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "timeout must be between 1 millisecond and 2147483647 milliseconds",
+        )
+        .raise();
+    }
+}
+
+/// Jobs are available, and may be created or changed (not in recovery).
+pub(super) fn require_writable_jobs() {
+    require_jobs();
+    if pg::recovery_in_progress() {
+        UserError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "cannot create or change a bgworker_rs job while the server is in recovery",
+        )
+        .raise();
+    }
+}
+
 /// What `bgw_result()` and `bgw_cancel()` need to know of a job.
-struct JobRow {
-    state: String,
+pub(super) struct JobRow {
+    pub(super) state: String,
     runs: i32,
     created_by: pg_sys::Oid,
     role: pg_sys::Oid,
@@ -246,7 +304,7 @@ struct JobRow {
     running: Option<i32>,
 }
 
-fn job_row(job: i64) -> JobRow {
+pub(super) fn job_row(job: i64) -> JobRow {
     let row = store::with_installed_tables(|client, t| {
         let table = client.update(
             &format!(
@@ -385,6 +443,12 @@ fn bgw_cancel(job: Option<i64>) -> bool {
     let job = args::required(job, "job");
     require_jobs();
     job_row(job); // exists, and the caller may manage it
+    cancel(job)
+}
+
+/// Cancels a job the caller may manage: its run in progress is stopped, a
+/// queued one never starts, and no more come.
+pub(super) fn cancel(job: i64) -> bool {
     let stopped = match job_slots::request_cancel(job) {
         Some(handle) => {
             if let Some(handle) = handle {
@@ -398,7 +462,8 @@ fn bgw_cancel(job: Option<i64>) -> bool {
         let n = client
             .update(
                 &format!(
-                    "UPDATE {} SET state = 'cancelled', next_run_at = NULL \
+                    "UPDATE {} SET state = 'cancelled', next_run_at = NULL, \
+                            retry_at = NULL, retry_attempt = NULL \
                       WHERE id = $1 AND state = 'scheduled'",
                     t.defs
                 ),
@@ -406,7 +471,19 @@ fn bgw_cancel(job: Option<i64>) -> bool {
                 &[job.into()],
             )?
             .len();
-        Ok(n)
+        let queued = client
+            .update(
+                &format!(
+                    "UPDATE {} SET status = 'cancelled', finished_at = clock_timestamp(), \
+                            sqlstate = '57014', error = 'cancelled by bgw_cancel() before it started' \
+                      WHERE job = $1 AND status = 'queued'",
+                    t.runs
+                ),
+                None,
+                &[job.into()],
+            )?
+            .len();
+        Ok(n + queued)
     })
     .unwrap_or_else(|e| error!("cannot cancel job {job}: {e}"));
     wake_scheduler_at_commit();
@@ -415,7 +492,7 @@ fn bgw_cancel(job: Option<i64>) -> bool {
 
 /// Superusers, and roles with the privileges of the job's creator or of the
 /// role it runs as. A dropped role's OID matches nobody but superusers.
-fn may_manage(created_by: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+pub(super) fn may_manage(created_by: pg_sys::Oid, role: pg_sys::Oid) -> bool {
     let me = pg::current_user();
     pg::is_superuser() || pg::has_privs_of_role(me, created_by) || pg::has_privs_of_role(me, role)
 }

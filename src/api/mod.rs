@@ -7,3 +7,4 @@ pub mod args;
 pub mod jobs;
 pub mod launch;
 pub mod manage;
+pub mod schedules;

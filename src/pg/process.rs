@@ -98,3 +98,23 @@ pub fn on_exit(f: fn(i32)) {
         unsafe { pg_sys::on_shmem_exit(Some(on_exit_trampoline), pg_sys::Datum::from(0)) }
     }
 }
+
+/// Microseconds since 1970 now (PostgreSQL counts from 2000).
+pub fn now_unix_micros() -> i64 {
+    const FROM_1970_TO_2000_US: i64 = 946_684_800_000_000;
+    now() + FROM_1970_TO_2000_US
+}
+
+/// A setting's current value, as `SHOW` gives it.
+pub fn setting(name: &std::ffi::CStr) -> Option<String> {
+    // SAFETY: GetConfigOption returns a pointer into GUC memory, valid until
+    // the setting changes; we copy it at once. missing_ok: NULL if unknown.
+    unsafe {
+        let value = pg_sys::GetConfigOption(name.as_ptr(), true, false);
+        (!value.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(value)
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+}

@@ -10,9 +10,12 @@
 //!    to another one), with the reason;
 //! 3. records the outcomes its run workers left in the job slots
 //!    (`outcomes`);
-//! 4. starts the runs that are due (`starts`), at most 64 a wake: a run row,
-//!    a job slot, a registry entry, then (after commit) a dynamic worker;
-//! 5. finishes one-shot jobs whose run is over.
+//! 4. queues a run of each job whose tick or retry is due, and starts
+//!    queued runs in due-time order while slots are free (`starts`), at
+//!    most 64 of each a wake: a run row, a job slot, a registry entry, then
+//!    (after commit) a dynamic worker;
+//! 5. finishes one-shot jobs whose run is over;
+//! 6. now and then, prunes the history of runs (`history`).
 //!
 //! Each job is handled in a subtransaction of its own: a failure (bad data,
 //! arithmetic, a result that cannot be stored) is recorded on that job's
@@ -20,6 +23,7 @@
 //! job can make the scheduler exit. It then wakes `bgw_result()` waiters
 //! and sleeps until the next run is due.
 
+mod history;
 mod outcomes;
 mod starts;
 
@@ -73,6 +77,8 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
     let mut state = State {
         first: true,
         quarantine: HashMap::new(),
+        requeue: Vec::new(),
+        pruned: None,
     };
     loop {
         let outcome = pg::in_transaction(c"bgworker_rs job scheduler", || {
@@ -84,9 +90,17 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
                     job_slots::free(*slot, *job, *run);
                 }
                 job_slots::announce_recorded();
-                let failed_launches = starts::launch(&tick.launches);
-                if failed_launches {
-                    0 // record them at once
+                let requeue = starts::launch(&tick.launches);
+                if tick.slots_full && !tick.recorded.is_empty() {
+                    // The slots of the runs just recorded are free only
+                    // now: start the queued runs at once.
+                    state.requeue.extend(requeue);
+                    0
+                } else if !requeue.is_empty() {
+                    // No worker slot: queued again next wake, and looked at
+                    // again soon, as a slot freed by others wakes nobody.
+                    state.requeue.extend(requeue);
+                    RETRY_MS
                 } else if tick.retry {
                     tick.next_due_ms.clamp(0, RETRY_MS)
                 } else {
@@ -106,7 +120,9 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
         };
         pg::wait_latch(sleep_ms, pg::worker_wait_event());
         pg_sys::check_for_interrupts!();
-        pg::reload_config_if_requested();
+        if pg::reload_config_if_requested() {
+            state.pruned = None; // new history bounds apply at once
+        }
         registry::report_iteration();
     }
 }
@@ -118,6 +134,10 @@ struct State {
     /// Jobs left alone until then, because handling them failed and even
     /// recording that failed.
     quarantine: HashMap<i64, Instant>,
+    /// Runs whose worker could not be registered: queued again.
+    requeue: Vec<(i64, i32)>,
+    /// When the history was last pruned.
+    pruned: Option<Instant>,
 }
 
 impl State {
@@ -135,6 +155,8 @@ struct Tick {
     next_due_ms: i64,
     /// Something was left for the next wake (a locked row, an error).
     retry: bool,
+    /// A queued run found no free slot.
+    slots_full: bool,
 }
 
 fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
@@ -144,6 +166,7 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
             launches: Vec::new(),
             next_due_ms: settings::NAPTIME_MS.get().into(),
             retry: false,
+            slots_full: false,
         };
         let busy = job_slots::busy();
         if state.first {
@@ -165,23 +188,27 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
             Ok(result) => result?,
             Err(_) => tick.retry = true,
         }
+        if !state.requeue.is_empty() {
+            let runs = std::mem::take(&mut state.requeue);
+            if !matches!(
+                pg::in_subtransaction(|| starts::requeue(client, t, &runs)),
+                Ok(Ok(()))
+            ) {
+                state.requeue = runs;
+                tick.retry = true;
+            }
+        }
         outcomes::record_finished(client, t, &busy, state.first, &mut tick);
-        // Jobs with a run in progress: not due, however late; their worker's
-        // exit wakes us (bgw_notify_pid).
-        let mut skip: Vec<i64> = busy
-            .iter()
-            .filter(|(i, _)| !tick.recorded.iter().any(|(r, ..)| r == i))
-            .map(|(_, s)| s.job)
-            .collect();
-        skip.extend(state.quarantined());
-        starts::start_due(client, t, &skip, state, &mut tick);
-        skip.extend(tick.launches.iter().map(|l| l.job));
+        let skip = state.quarantined();
+        starts::enqueue_due(client, t, &skip, state, &mut tick);
+        starts::start_queued(client, t, &skip, state, &mut tick);
         if !matches!(
             pg::in_subtransaction(|| outcomes::finish_one_shots(client, t)),
             Ok(Ok(()))
         ) {
             tick.retry = true;
         }
+        history::prune_now_and_then(client, t, state, &mut tick);
         // After the claims made above nothing may fail the whole wake.
         match pg::in_subtransaction(|| next_due_ms(client, t, &skip)) {
             Ok(Ok(ms)) => tick.next_due_ms = ms,
@@ -197,6 +224,7 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
             launches: Vec::new(),
             next_due_ms: settings::NAPTIME_MS.get().into(),
             retry: false,
+            slots_full: false,
         }),
         Err(e) => Err(pg::CapturedError::new(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32,
@@ -245,14 +273,19 @@ fn cancel_orphans(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<()> {
     Ok(())
 }
 
-/// Milliseconds until the next due run of a job not in `skip`.
+/// Milliseconds until the next tick or retry of a job not in `skip`, or
+/// until a queued run expires.
 fn next_due_ms(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResult<i64> {
     Ok(client
         .update(
             &format!(
-                "SELECT (extract(epoch FROM min(next_run_at) - clock_timestamp()) * 1000)::int8 \
-                   FROM {} WHERE state = 'scheduled' AND id <> ALL($1)",
-                t.defs
+                "SELECT (extract(epoch FROM least( \
+                           (SELECT min(LEAST(next_run_at, retry_at)) FROM {defs} \
+                             WHERE state = 'scheduled' AND active AND id <> ALL($1)), \
+                           (SELECT min(expires_at) FROM {runs} WHERE status = 'queued')) \
+                         - clock_timestamp()) * 1000)::int8",
+                defs = t.defs,
+                runs = t.runs
             ),
             None,
             &[skip.to_vec().into()],

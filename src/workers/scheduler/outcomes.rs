@@ -76,7 +76,7 @@ pub(super) fn mark_lost(
                 "UPDATE {runs} SET status = 'failed', finished_at = clock_timestamp(), \
                         sqlstate = '57P02', \
                         error = 'the run was interrupted: the server crashed or restarted before it finished' \
-                  WHERE finished_at IS NULL \
+                  WHERE finished_at IS NULL AND status <> 'queued' \
                     AND (job, run) NOT IN (SELECT * FROM unnest($1::int8[], $2::int4[])) \
                  RETURNING job",
                 runs = t.runs
@@ -175,15 +175,43 @@ fn ended_without_outcome(slot: &Slot) -> Outcome {
     }
 }
 
+/// Records a run's outcome, and on its job: the last status, the count of
+/// failures in a row, and, for a failed run with retries left, when the
+/// next attempt is due: `retry_delay` doubled for each attempt so far, with
+/// up to 10% jitter, and never at or after the job's next scheduled run
+/// (which then takes its place).
 fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> SpiResult<()> {
     client.update(
         &format!(
-            "UPDATE {} SET finished_at = clock_timestamp(), status = $3, rows = $4, \
-                    sqlstate = $5, error = $6, result = $7::jsonb, pid = nullif($8, 0), \
-                    detail = $9, hint = $10, statements = $11::jsonb, \
-                    error_position = nullif($12, 0), error_statement = $13 \
-              WHERE job = $1 AND run = $2 AND finished_at IS NULL",
-            t.runs
+            "WITH r AS ( \
+               UPDATE {runs} SET finished_at = clock_timestamp(), status = $3, rows = $4, \
+                      sqlstate = $5, error = $6, result = $7::jsonb, pid = nullif($8, 0), \
+                      detail = $9, hint = $10, statements = $11::jsonb, \
+                      error_position = nullif($12, 0), error_statement = $13 \
+                WHERE job = $1 AND run = $2 AND finished_at IS NULL \
+                RETURNING job, attempt, status, finished_at), \
+             next AS ( \
+               SELECT r.*, r.status IN ('failed', 'timed out') AS failed, \
+                      r.finished_at + make_interval(secs => least( \
+                          extract(epoch FROM d.retry_delay)::float8 \
+                            * power(2, least(r.attempt - 1, 60)) * (1 + random() * 0.1), \
+                          315576000)) AS retry \
+                 FROM r JOIN {defs} d ON d.id = r.job) \
+             UPDATE {defs} d SET last_status = n.status, last_finished_at = n.finished_at, \
+                    consecutive_failures = CASE WHEN n.status = 'succeeded' THEN 0 \
+                                                WHEN n.failed THEN d.consecutive_failures + 1 \
+                                                ELSE d.consecutive_failures END, \
+                    retry_at = CASE WHEN n.failed AND n.attempt <= d.retries \
+                                         AND d.state = 'scheduled' \
+                                         AND (d.next_run_at IS NULL OR n.retry < d.next_run_at) \
+                                    THEN n.retry END, \
+                    retry_attempt = CASE WHEN n.failed AND n.attempt <= d.retries \
+                                         AND d.state = 'scheduled' \
+                                         AND (d.next_run_at IS NULL OR n.retry < d.next_run_at) \
+                                    THEN n.attempt + 1 END \
+               FROM next n WHERE d.id = n.job",
+            runs = t.runs,
+            defs = t.defs
         ),
         None,
         &[
@@ -214,7 +242,8 @@ pub(super) fn finish_one_shots(client: &mut SpiClient<'_>, t: &Tables) -> SpiRes
         &format!(
             "UPDATE {defs} SET state = 'finished' \
               WHERE id IN (SELECT d.id FROM {defs} d \
-                            WHERE d.every IS NULL AND d.state = 'scheduled' AND d.runs > 0 \
+                            WHERE d.every IS NULL AND d.schedule IS NULL \
+                              AND d.state = 'scheduled' AND d.runs > 0 AND d.retry_at IS NULL \
                               AND NOT EXISTS (SELECT FROM {runs} r \
                                                WHERE r.job = d.id AND r.finished_at IS NULL) \
                               FOR NO KEY UPDATE SKIP LOCKED)",

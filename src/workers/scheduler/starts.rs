@@ -1,16 +1,27 @@
-//! Starting the runs that are due: each job in a subtransaction of its own,
-//! checked against its creator's rights, with a job slot and a registry
-//! entry claimed last; the workers are registered after commit. Without a
-//! free slot the run is recorded as failed with SQLSTATE 53000, and a
-//! recurring job tries again at its next tick.
+//! Starting runs, in two steps a wake:
+//! 1. `enqueue_due`: each job whose tick (or retry) is due gets a run row in
+//!    state `queued`, and its next time moves on: a `every` from the last
+//!    tick, or the cron schedule's next time in the job's time zone. A tick
+//!    that falls while the job's last run is still going or waiting is
+//!    skipped and counted: a job never overlaps itself, and never has two
+//!    runs waiting.
+//! 2. `start_queued`: queued runs start in due-time order while job slots
+//!    are free, each checked against its creator's rights, with a job slot
+//!    and a registry entry claimed last; the workers are registered after
+//!    commit. A run that finds no slot waits; it fails with 53000 only once
+//!    it has waited past `expires_at` (its job's period, or
+//!    `bgworker_rs.queue_timeout` for one-shot jobs and extra runs).
+//!
+//! Each job is handled in a subtransaction of its own.
 
 use super::outcomes::error;
 use super::{QUARANTINE, State, Tick};
 use crate::access;
 use crate::pg::{self, CapturedError};
+use crate::schedule;
 use crate::settings;
 use crate::shmem::Kind;
-use crate::shmem::job_slots::{self, Outcome, Run, Status};
+use crate::shmem::job_slots::{self, Run};
 use crate::shmem::registry;
 use crate::store::{self, SpiResult, Tables};
 use crate::workers::registration::{self, ConnectArgs};
@@ -18,50 +29,38 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::time::Instant;
 
-/// At most this many runs start in one wake, so that a flood of due jobs
-/// never makes one long transaction; the rest start at the next wake, at once.
-const START_BATCH: i64 = 64;
+/// At most this many jobs are looked at, and runs started, in one wake, so
+/// that a flood of due jobs never makes one long transaction; the rest come
+/// at once in the next wake.
+const BATCH: i64 = 64;
 
 pub(super) struct Launch {
     pub job: i64,
+    pub run: i32,
     slot: usize,
     index: i32,
     args: ConnectArgs,
 }
 
-/// Starts every due job not in `skip`. Rows a client holds locked are
-/// skipped until the next wake. A job whose handling fails is cancelled with
-/// the reason; if even that fails, it is left alone for a while.
-pub(super) fn start_due(
+/// Handles `ids` one at a time, each in a subtransaction; a job whose
+/// handling fails is cancelled with the reason, and if even that fails, left
+/// alone for a while.
+fn each_job(
     client: &mut SpiClient<'_>,
     t: &Tables,
-    skip: &[i64],
+    ids: Vec<i64>,
     state: &mut State,
-    tick: &mut Tick,
+    what: &str,
+    mut handle: impl FnMut(&mut SpiClient<'_>, i64) -> SpiResult<()>,
 ) {
-    let due = pg::in_subtransaction(|| due_jobs(client, t, skip));
-    let due = match due {
-        Ok(Ok(due)) => {
-            // More may be due: come back at once, after this transaction.
-            tick.retry |= due.len() as i64 >= START_BATCH;
-            due
-        }
-        _ => {
-            tick.retry = true;
-            return;
-        }
-    };
-    for id in due {
-        let failure = match pg::in_subtransaction(|| start_one(client, t, id)) {
-            Ok(Ok(launch)) => {
-                tick.launches.extend(launch);
-                continue;
-            }
+    for id in ids {
+        let failure = match pg::in_subtransaction(|| handle(client, id)) {
+            Ok(Ok(())) => continue,
             Ok(Err(e)) => error(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, e.to_string()),
             Err(e) => e,
         };
         warning!(
-            "bgworker_rs job scheduler: cannot start job {id}: {} (SQLSTATE {})",
+            "bgworker_rs job scheduler: cannot {what} job {id}: {} (SQLSTATE {})",
             failure.message,
             failure.sqlstate()
         );
@@ -74,98 +73,376 @@ pub(super) fn start_due(
     }
 }
 
-fn due_jobs(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResult<Vec<i64>> {
-    let table = client.update(
-        &format!(
-            "SELECT id FROM {} \
-              WHERE state = 'scheduled' AND next_run_at <= clock_timestamp() AND id <> ALL($1) \
-              ORDER BY next_run_at, id LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED",
-            t.defs
-        ),
-        None,
-        &[skip.to_vec().into(), START_BATCH.into()],
-    )?;
-    let mut due = Vec::new();
-    for row in table {
-        due.extend(row.get::<i64>(1)?);
-    }
-    Ok(due)
+/// Step 1: queues a run of every job whose tick or retry is due.
+pub(super) fn enqueue_due(
+    client: &mut SpiClient<'_>,
+    t: &Tables,
+    skip: &[i64],
+    state: &mut State,
+    tick: &mut Tick,
+) {
+    let due = pg::in_subtransaction(|| {
+        ids(
+            client,
+            &format!(
+                "SELECT id FROM {} \
+                  WHERE state = 'scheduled' AND active \
+                    AND LEAST(next_run_at, retry_at) <= clock_timestamp() AND id <> ALL($1) \
+                  ORDER BY LEAST(next_run_at, retry_at), id LIMIT $2 \
+                    FOR NO KEY UPDATE SKIP LOCKED",
+                t.defs
+            ),
+            skip,
+        )
+    });
+    let due = match due {
+        Ok(Ok(due)) => due,
+        _ => {
+            tick.retry = true;
+            return;
+        }
+    };
+    tick.retry |= due.len() as i64 >= BATCH;
+    each_job(client, t, due, state, "queue a run of", |client, id| {
+        enqueue_one(client, t, id)
+    });
 }
 
-/// A due job, as read from `bgw_job_defs`.
-struct Due {
+fn ids(client: &mut SpiClient<'_>, sql: &str, skip: &[i64]) -> SpiResult<Vec<i64>> {
+    let table = client.update(sql, None, &[skip.to_vec().into(), BATCH.into()])?;
+    let mut ids = Vec::new();
+    for row in table {
+        ids.extend(row.get::<i64>(1)?);
+    }
+    Ok(ids)
+}
+
+/// A due job, as `enqueue_one` reads it; times in microseconds since 1970.
+struct DueJob {
+    schedule: Option<String>,
+    timezone: Option<String>,
+    next_run_at: Option<i64>,
+    retry_at: Option<i64>,
+    busy: bool,
+    now: i64,
+}
+
+/// SQL for a time given in microseconds since 1970.
+const FROM_MICROS: &str = "(timestamptz 'epoch' + $N::int8 * interval '1 microsecond')";
+
+fn at(n: usize) -> String {
+    FROM_MICROS.replace("$N", &format!("${n}"))
+}
+
+fn micros(column: &str) -> String {
+    format!("(extract(epoch FROM {column}) * 1000000)::int8")
+}
+
+fn enqueue_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<()> {
+    let row = client.update(
+        &format!(
+            "SELECT schedule, timezone, {}, {}, \
+                    EXISTS (SELECT FROM {runs} r WHERE r.job = d.id AND r.finished_at IS NULL), \
+                    {} \
+               FROM {defs} d WHERE id = $1",
+            micros("next_run_at"),
+            micros("retry_at"),
+            micros("clock_timestamp()"),
+            runs = t.runs,
+            defs = t.defs
+        ),
+        None,
+        &[id.into()],
+    )?;
+    let row = row.first();
+    let job = DueJob {
+        schedule: row.get::<String>(1)?,
+        timezone: row.get::<String>(2)?,
+        next_run_at: row.get::<i64>(3)?,
+        retry_at: row.get::<i64>(4)?,
+        busy: row.get::<bool>(5)?.unwrap_or(false),
+        now: row.get::<i64>(6)?.unwrap_or(0),
+    };
+    let tick_due = job.next_run_at.is_some_and(|n| n <= job.now);
+    let retry_due = job.retry_at.is_some_and(|r| r <= job.now);
+    // A cron job's next time: the schedule's first after now, from the tick
+    // just taken (so a time a DST change repeats runs once).
+    let cron_next = match (&job.schedule, tick_due) {
+        (Some(s), true) => {
+            let tz = job.timezone.as_deref().unwrap_or("UTC");
+            match schedule::next_micros(s, tz, job.now, job.next_run_at) {
+                Ok(next) => next,
+                // Checked when it was stored; the job is cancelled with this.
+                Err(e) => pg::UserError::new(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("its schedule cannot be read: {e}"),
+                )
+                .raise(),
+            }
+        }
+        _ => None,
+    };
+    // The job's next tick, as SQL: moved on when the tick is taken.
+    let next = format!(
+        "CASE WHEN NOT $2 THEN next_run_at \
+              WHEN schedule IS NOT NULL THEN {} \
+              WHEN every IS NULL THEN NULL \
+              WHEN next_run_at + every > clock_timestamp() THEN next_run_at + every \
+              ELSE clock_timestamp() + every END",
+        at(3)
+    );
+    if job.busy {
+        // Skipped and counted; a retry is moot while a run is going.
+        client.update(
+            &format!(
+                "UPDATE {} SET next_run_at = {next}, \
+                        skipped = skipped + CASE WHEN $2 THEN 1 ELSE 0 END, \
+                        retry_at = NULL, retry_attempt = NULL \
+                  WHERE id = $1",
+                t.defs
+            ),
+            None,
+            &[id.into(), tick_due.into(), cron_next.into()],
+        )?;
+        return Ok(());
+    }
+    // The scheduled tick wins over a retry due at the same time.
+    let retry = retry_due && !tick_due;
+    client.update(
+        &format!(
+            "WITH job AS ( \
+               UPDATE {defs} d SET runs = runs + 1, next_run_at = {next}, \
+                      state = CASE WHEN $2 AND schedule IS NOT NULL AND {cron_next} IS NULL \
+                                   THEN 'finished' ELSE state END, \
+                      retry_at = NULL, retry_attempt = NULL \
+                 FROM (SELECT id, next_run_at AS tick, retry_at AS retry, \
+                              retry_attempt AS attempt \
+                         FROM {defs} WHERE id = $1) old \
+                WHERE d.id = old.id \
+                RETURNING d.id, d.runs, d.next_run_at, \
+                          CASE WHEN $4 THEN coalesce(old.attempt, 2) ELSE 1 END AS attempt, \
+                          CASE WHEN $4 THEN old.retry ELSE old.tick END AS due) \
+             INSERT INTO {runs} (job, run, attempt, due_at, expires_at, status) \
+             SELECT id, runs, attempt, due, \
+                    coalesce(next_run_at, \
+                             greatest(due, clock_timestamp()) + $5 * interval '1 millisecond'), \
+                    'queued' \
+               FROM job",
+            defs = t.defs,
+            runs = t.runs,
+            cron_next = at(3),
+        ),
+        None,
+        &[
+            id.into(),
+            tick_due.into(),
+            cron_next.into(),
+            retry.into(),
+            settings::QUEUE_TIMEOUT_MS.get().into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Fails the queued runs that waited past their `expires_at` (53000).
+pub(super) fn expire_queued(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<()> {
+    let expired = client
+        .update(
+            &format!(
+                "WITH expired AS ( \
+                   UPDATE {runs} SET status = 'failed', finished_at = clock_timestamp(), \
+                          sqlstate = '53000', \
+                          error = format('the run waited %s for a free slot and could not start: all %s job slots (bgworker_rs.max_jobs) or all background worker slots (max_worker_processes) were in use', \
+                                         date_trunc('second', clock_timestamp() - due_at), $1::int4) \
+                    WHERE status = 'queued' AND expires_at <= clock_timestamp() \
+                   RETURNING job, finished_at) \
+                 UPDATE {defs} d SET consecutive_failures = consecutive_failures + e.n, \
+                        last_status = 'failed', last_finished_at = e.at \
+                   FROM (SELECT job, count(*)::int4 AS n, max(finished_at) AS at \
+                           FROM expired GROUP BY job) e \
+                  WHERE d.id = e.job RETURNING d.id",
+                runs = t.runs,
+                defs = t.defs
+            ),
+            None,
+            &[settings::MAX_JOBS.get().into()],
+        )?
+        .len();
+    if expired > 0 {
+        log!("bgworker_rs job scheduler: {expired} queued run(s) waited too long for a slot");
+    }
+    Ok(())
+}
+
+/// Step 2: starts queued runs in due-time order while job slots are free.
+pub(super) fn start_queued(
+    client: &mut SpiClient<'_>,
+    t: &Tables,
+    skip: &[i64],
+    state: &mut State,
+    tick: &mut Tick,
+) {
+    if !matches!(
+        pg::in_subtransaction(|| expire_queued(client, t)),
+        Ok(Ok(()))
+    ) {
+        tick.retry = true;
+    }
+    // A job with a run going waits for it to end (its exit wakes us).
+    let queued = pg::in_subtransaction(|| {
+        ids(
+            client,
+            &format!(
+                "SELECT r.job FROM {runs} r \
+                  WHERE r.status = 'queued' AND r.job <> ALL($1) \
+                    AND NOT EXISTS (SELECT FROM {runs} g \
+                                     WHERE g.job = r.job AND g.status = 'running') \
+                  ORDER BY r.due_at, r.job LIMIT $2 FOR NO KEY UPDATE OF r SKIP LOCKED",
+                runs = t.runs
+            ),
+            skip,
+        )
+    });
+    let queued = match queued {
+        Ok(Ok(queued)) => queued,
+        _ => {
+            tick.retry = true;
+            return;
+        }
+    };
+    tick.retry |= queued.len() as i64 >= BATCH;
+    let mut full = false;
+    each_job(client, t, queued, state, "start a run of", |client, id| {
+        if full {
+            return Ok(()); // waits, in order, for the next wake
+        }
+        match start_one(client, t, id)? {
+            Started::Launch(launch) => tick.launches.push(launch),
+            Started::NoSlot => {
+                full = true;
+                tick.slots_full = true;
+            }
+            Started::Failed => {}
+        }
+        Ok(())
+    });
+}
+
+enum Started {
+    Launch(Launch),
+    /// Every slot is busy: the run stays queued, and so do those after it.
+    NoSlot,
+    /// Recorded as failed (or cancelled).
+    Failed,
+}
+
+/// A queued run, with its job, as `start_one` reads it.
+struct Queued {
     id: i64,
+    run: i32,
     sql: String,
     database: pg_sys::Oid,
     database_name: String,
     role: pg_sys::Oid,
     created_by: pg_sys::Oid,
     timeout_ms: i64,
-    run: i32,
     atomic: bool,
     gexec: bool,
+    cancelled: bool,
 }
 
-/// Counts the run and moves the job's next time, writes its run row, then
-/// claims what it needs in shared memory (last, so that no SQL can fail
-/// after a claim). `None`: the run could not start and is recorded failed.
-fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Option<Launch>> {
+fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Started> {
     let row = client.update(
         &format!(
-            "UPDATE {} SET runs = runs + 1, \
-                    next_run_at = CASE WHEN every IS NULL THEN NULL \
-                                       WHEN next_run_at + every > clock_timestamp() THEN next_run_at + every \
-                                       ELSE clock_timestamp() + every END \
-              WHERE id = $1 \
-             RETURNING sql, database, role::oid, created_by::oid, \
-                       coalesce((extract(epoch FROM timeout) * 1000)::int8, 0), runs, \
-                       database_name::text, atomic, gexec",
-            t.defs
+            "SELECT r.run, d.sql, d.database, d.role::oid, d.created_by::oid, \
+                    coalesce((extract(epoch FROM d.timeout) * 1000)::int8, 0), \
+                    d.database_name::text, d.atomic, d.gexec, d.state = 'cancelled' \
+               FROM {runs} r JOIN {defs} d ON d.id = r.job \
+              WHERE r.job = $1 AND r.status = 'queued' \
+              ORDER BY r.run LIMIT 1",
+            runs = t.runs,
+            defs = t.defs
         ),
         None,
         &[id.into()],
     )?;
+    if row.is_empty() {
+        return Ok(Started::Failed);
+    }
     let row = row.first();
-    let job = Due {
+    let q = Queued {
         id,
-        sql: row.get::<String>(1)?.unwrap_or_default(),
-        database: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-        role: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
-        created_by: row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
-        timeout_ms: row.get::<i64>(5)?.unwrap_or(0),
-        run: row.get::<i32>(6)?.unwrap_or(1),
+        run: row.get::<i32>(1)?.unwrap_or(0),
+        sql: row.get::<String>(2)?.unwrap_or_default(),
+        database: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+        role: row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+        created_by: row.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
+        timeout_ms: row.get::<i64>(6)?.unwrap_or(0),
         database_name: row.get::<String>(7)?.unwrap_or_default(),
         atomic: row.get::<bool>(8)?.unwrap_or(true),
         gexec: row.get::<bool>(9)?.unwrap_or(false),
+        cancelled: row.get::<bool>(10)?.unwrap_or(false),
     };
-    client.update(
-        &format!(
-            "INSERT INTO {} (job, run, started_at, status) VALUES ($1, $2, clock_timestamp(), 'running')",
-            t.runs
-        ),
-        None,
-        &[job.id.into(), job.run.into()],
-    )?;
-    match prepare(&job) {
-        Ok(launch) => Ok(Some(launch)),
-        Err(e) => {
+    if q.cancelled {
+        let e = error(
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            "the job was cancelled before the run started",
+        );
+        finish_unstarted(client, t, &q, "cancelled", &e)?;
+        return Ok(Started::Failed);
+    }
+    match prepare(&q) {
+        Ok(launch) => {
             client.update(
                 &format!(
-                    "UPDATE {} SET finished_at = clock_timestamp(), status = 'failed', \
-                            sqlstate = $3, error = $4 WHERE job = $1 AND run = $2",
+                    "UPDATE {} SET status = 'running', started_at = clock_timestamp() \
+                      WHERE job = $1 AND run = $2",
                     t.runs
                 ),
                 None,
-                &[
-                    job.id.into(),
-                    job.run.into(),
-                    e.sqlstate().into(),
-                    e.message.into(),
-                ],
+                &[q.id.into(), q.run.into()],
             )?;
-            Ok(None)
+            Ok(Started::Launch(launch))
+        }
+        Err(Refused::NoSlot) => Ok(Started::NoSlot),
+        Err(Refused::Because(e)) => {
+            finish_unstarted(client, t, &q, "failed", &e)?;
+            Ok(Started::Failed)
         }
     }
+}
+
+/// A run that never started: recorded with why, and counted on its job.
+fn finish_unstarted(
+    client: &mut SpiClient<'_>,
+    t: &Tables,
+    q: &Queued,
+    status: &str,
+    e: &CapturedError,
+) -> SpiResult<()> {
+    client.update(
+        &format!(
+            "WITH r AS ( \
+               UPDATE {runs} SET finished_at = clock_timestamp(), status = $3, \
+                      sqlstate = $4, error = $5 \
+                WHERE job = $1 AND run = $2 RETURNING job, status, finished_at) \
+             UPDATE {defs} d SET last_status = r.status, last_finished_at = r.finished_at, \
+                    consecutive_failures = consecutive_failures + \
+                        CASE WHEN r.status = 'failed' THEN 1 ELSE 0 END \
+               FROM r WHERE d.id = r.job",
+            runs = t.runs,
+            defs = t.defs
+        ),
+        None,
+        &[
+            q.id.into(),
+            q.run.into(),
+            status.into(),
+            e.sqlstate().into(),
+            e.message.clone().into(),
+        ],
+    )?;
+    Ok(())
 }
 
 /// A job the scheduler could not handle: one more run, recorded failed with
@@ -179,8 +456,12 @@ fn give_up(client: &mut SpiClient<'_>, t: &Tables, id: i64, e: &CapturedError) -
     client.update(
         &format!(
             "WITH job AS ( \
-               UPDATE {defs} SET runs = runs + 1, state = 'cancelled', next_run_at = NULL, reason = $2 \
-                WHERE id = $1 RETURNING id, runs) \
+               UPDATE {defs} SET runs = runs + 1, state = 'cancelled', next_run_at = NULL, \
+                      retry_at = NULL, reason = $2 \
+                WHERE id = $1 RETURNING id, runs), \
+             gone AS ( \
+               UPDATE {runs} SET status = 'cancelled', finished_at = clock_timestamp() \
+                WHERE job = $1 AND status = 'queued') \
              INSERT INTO {runs} (job, run, started_at, finished_at, status, sqlstate, error) \
              SELECT id, runs, clock_timestamp(), clock_timestamp(), 'failed', $3, $4 FROM job",
             defs = t.defs,
@@ -197,20 +478,24 @@ fn give_up(client: &mut SpiClient<'_>, t: &Tables, id: i64, e: &CapturedError) -
     Ok(())
 }
 
-/// Checks a due run and claims its job slot and registry entry.
-fn prepare(job: &Due) -> Result<Launch, CapturedError> {
-    let gone = |what: String| error(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, what);
-    if !pg::database_exists(job.database) || pg::database_name(job.database) != job.database_name {
+enum Refused {
+    /// No job slot or registry entry is free: the run waits.
+    NoSlot,
+    Because(CapturedError),
+}
+
+/// Checks a queued run and claims its job slot and registry entry.
+fn prepare(q: &Queued) -> Result<Launch, Refused> {
+    let gone =
+        |what: String| Refused::Because(error(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, what));
+    if !pg::database_exists(q.database) || pg::database_name(q.database) != q.database_name {
         return Err(gone(format!(
             "database \"{}\" with OID {} does not exist",
-            job.database_name,
-            job.database.to_u32()
+            q.database_name,
+            q.database.to_u32()
         )));
     }
-    for (role, what) in [
-        (job.role, "the job's role"),
-        (job.created_by, "its creator"),
-    ] {
+    for (role, what) in [(q.role, "the job's role"), (q.created_by, "its creator")] {
         if !pg::role_exists(role) {
             return Err(gone(format!(
                 "role with OID {} ({what}) does not exist",
@@ -220,41 +505,39 @@ fn prepare(job: &Due) -> Result<Launch, CapturedError> {
     }
     // The creator's rights are checked again before every run, so a job
     // never keeps privileges its creator has lost.
-    if access::check(job.created_by, job.database, job.role, 0).is_err() {
-        return Err(error(
+    if access::check(q.created_by, q.database, q.role, 0).is_err() {
+        return Err(Refused::Because(error(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
                 "role \"{}\" may no longer run jobs as role \"{}\" in database \"{}\"",
-                pg::role_name(job.created_by),
-                pg::role_name(job.role),
-                pg::database_name(job.database)
+                pg::role_name(q.created_by),
+                pg::role_name(q.role),
+                pg::database_name(q.database)
             ),
-        ));
+        )));
     }
 
-    let index = store::registry_index(job.id);
-    let (database, role) = (job.database.to_u32(), job.role.to_u32());
+    let index = store::registry_index(q.id);
+    let (database, role) = (q.database.to_u32(), q.role.to_u32());
     let ticket = registry::claim_for_launch(Kind::Job, index, database, role)
-        .map_err(|_| no_slot("no bgworker_rs registry entry is free"))?;
+        .map_err(|_| Refused::NoSlot)?;
     let run = Run {
-        job: job.id,
-        run: job.run,
+        job: q.id,
+        run: q.run,
         database,
         role,
-        timeout_ms: job.timeout_ms.clamp(0, i32::MAX.into()) as i32,
-        atomic: job.atomic,
-        gexec: job.gexec,
-        sql: &job.sql,
+        timeout_ms: q.timeout_ms.clamp(0, i32::MAX.into()) as i32,
+        atomic: q.atomic,
+        gexec: q.gexec,
+        sql: &q.sql,
     };
     let Some(slot) = job_slots::reserve(&run, ticket) else {
         registry::release(ticket);
-        return Err(no_slot(&format!(
-            "all {} job slots are in use (bgworker_rs.max_jobs)",
-            settings::MAX_JOBS.get()
-        )));
+        return Err(Refused::NoSlot);
     };
     Ok(Launch {
-        job: job.id,
+        job: q.id,
+        run: q.run,
         slot,
         index,
         args: ConnectArgs {
@@ -266,18 +549,11 @@ fn prepare(job: &Due) -> Result<Launch, CapturedError> {
     })
 }
 
-fn no_slot(why: &str) -> CapturedError {
-    error(
-        PgSqlErrorCode::ERRCODE_INSUFFICIENT_RESOURCES,
-        format!("could not start the run: {why}"),
-    )
-}
-
 /// Registers the workers of the runs just committed. A run that finds no
-/// worker slot gets a failed outcome, recorded by the next tick. Returns
-/// whether any did.
-pub(super) fn launch(launches: &[Launch]) -> bool {
-    let mut failed = false;
+/// worker slot (`max_worker_processes`) gives its job slot back and is
+/// returned, to be queued again at the next wake.
+pub(super) fn launch(launches: &[Launch]) -> Vec<(i64, i32)> {
+    let mut requeue = Vec::new();
     for l in launches {
         match registration::register_dynamic_worker(Kind::Job, l.index, l.args, None) {
             Some(handle) => {
@@ -286,21 +562,32 @@ pub(super) fn launch(launches: &[Launch]) -> bool {
             }
             None => {
                 registry::release(l.args.ticket);
-                let e = no_slot(&format!(
-                    "all background worker slots are in use (max_worker_processes = {})",
-                    pg::max_worker_processes()
-                ));
-                job_slots::finish(
-                    l.slot,
-                    &Outcome {
-                        status: Status::Failed,
-                        error: Some(e),
-                        ..Outcome::default()
-                    },
-                );
-                failed = true;
+                job_slots::free(l.slot, l.job, l.run);
+                requeue.push((l.job, l.run));
             }
         }
     }
-    failed
+    requeue
+}
+
+/// Runs whose worker could not be registered wait again, as if never
+/// started.
+pub(super) fn requeue(
+    client: &mut SpiClient<'_>,
+    t: &Tables,
+    runs: &[(i64, i32)],
+) -> SpiResult<()> {
+    let jobs: Vec<i64> = runs.iter().map(|r| r.0).collect();
+    let numbers: Vec<i32> = runs.iter().map(|r| r.1).collect();
+    client.update(
+        &format!(
+            "UPDATE {} SET status = 'queued', started_at = NULL \
+              WHERE (job, run) IN (SELECT * FROM unnest($1::int8[], $2::int4[])) \
+                AND status = 'running' AND finished_at IS NULL",
+            t.runs
+        ),
+        None,
+        &[jobs.into(), numbers.into()],
+    )?;
+    Ok(())
 }
