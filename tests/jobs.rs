@@ -352,7 +352,7 @@ fn jobs_run_in_other_databases_and_as_other_roles() {
     c.batch_execute("CREATE DATABASE other").unwrap();
     c.batch_execute(
         "CREATE ROLE alice LOGIN; CREATE ROLE bob LOGIN; \
-         GRANT EXECUTE ON FUNCTION bgw_run(text, interval, name, name, interval, boolean, boolean), \
+         GRANT EXECUTE ON FUNCTION bgw_run(text, interval, name, name, interval, boolean, boolean, timestamptz), \
                bgw_result(int8, interval), bgw_cancel(int8) TO alice, bob; \
          GRANT SELECT ON bgw_jobs TO alice",
     )
@@ -449,8 +449,14 @@ fn jobs_run_in_other_databases_and_as_other_roles() {
     drop(cluster);
 }
 
+/// Without a free slot a run waits in the queue; it fails with 53000 only
+/// once it has waited a period (or `queue_timeout`), and a recurring job's
+/// next tick finds the slot again.
 #[test]
-fn without_free_slots_runs_fail_with_53000_and_recurring_jobs_retry() {
+fn without_free_slots_runs_wait_then_fail_with_53000() {
+    let waited = "the run waited ";
+    let limits = "for a free slot and could not start: all 1 job slots (bgworker_rs.max_jobs) \
+                  or all background worker slots (max_worker_processes) were in use";
     let (cluster, mut c) =
         start_with_extension(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 1"]);
     let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
@@ -460,13 +466,12 @@ fn without_free_slots_runs_fail_with_53000_and_recurring_jobs_retry() {
         "SELECT bgw_run('SELECT 1 AS one', every => '200ms')",
     );
     let r = result(&mut c, recurring);
-    assert_eq!(
-        status_code_error(&r),
-        (
-            Some("failed"),
-            Some("53000"),
-            Some("could not start the run: all 1 job slots are in use (bgworker_rs.max_jobs)")
-        )
+    let (status, code, error) = status_code_error(&r);
+    assert_eq!((status, code), (Some("failed"), Some("53000")), "{r}");
+    let error = error.unwrap_or_default();
+    assert!(
+        error.starts_with(waited) && error.ends_with(limits),
+        "{error}"
     );
     assert!(
         c.query_one("SELECT bgw_cancel($1)", &[&blocker])
@@ -481,23 +486,27 @@ fn without_free_slots_runs_fail_with_53000_and_recurring_jobs_retry() {
     drop(cluster);
 
     // Worker slots: max_worker_processes leaves one for the scheduler, one
-    // for the logical replication launcher, and one for a run.
-    let (cluster, mut c) = start_with_extension(&[BASE, &["max_worker_processes = 3"]].concat());
+    // for the logical replication launcher, and one for a run. A one-shot
+    // job waits queue_timeout.
+    let conf = [
+        BASE,
+        &[
+            "max_worker_processes = 3",
+            "bgworker_rs.queue_timeout = '1s'",
+        ],
+    ]
+    .concat();
+    let (cluster, mut c) = start_with_extension(&conf);
     let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
     wait_until("the blocking job to run", T, || job_pid(&mut c, blocker));
     let job = run(&mut c, "SELECT bgw_run('SELECT 1')");
     let r = result(&mut c, job);
-    assert_eq!(
-        status_code_error(&r),
-        (
-            Some("failed"),
-            Some("53000"),
-            Some(
-                "could not start the run: all background worker slots are in use (max_worker_processes = 3)"
-            )
-        )
-    );
-    assert_eq!(job_state(&mut c, job), "finished");
+    let (status, code, error) = status_code_error(&r);
+    assert_eq!((status, code), (Some("failed"), Some("53000")), "{r}");
+    assert!(error.unwrap_or_default().starts_with(waited), "{r}");
+    wait_until("the one-shot job to finish", T, || {
+        (job_state(&mut c, job) == "finished").then_some(())
+    });
     drop(cluster);
 }
 

@@ -86,6 +86,8 @@ CREATE TABLE @extschema@.bgw_job_runs (
     error_statement pg_catalog.text,
     statements pg_catalog.jsonb,
     result pg_catalog.jsonb,
+    -- Taken into its job's last_status, consecutive_failures and retry.
+    counted pg_catalog.bool NOT NULL DEFAULT false,
     PRIMARY KEY (job, run)
 );
 CREATE INDEX bgw_job_defs_due ON @extschema@.bgw_job_defs
@@ -95,6 +97,8 @@ CREATE UNIQUE INDEX bgw_job_defs_name ON @extschema@.bgw_job_defs (created_by, n
     WHERE name IS NOT NULL AND state OPERATOR(pg_catalog.<>) 'cancelled';
 CREATE INDEX bgw_job_runs_queued ON @extschema@.bgw_job_runs (due_at)
     WHERE status OPERATOR(pg_catalog.=) 'queued';
+CREATE INDEX bgw_job_runs_uncounted ON @extschema@.bgw_job_runs (finished_at)
+    WHERE NOT counted;
 
 COMMENT ON TABLE @extschema@.bgw_job_runs IS
 'One row per run (or retry: attempt) of a job; status queued while it waits for a free slot (started_at NULL), until expires_at. statements: the statements that finished, in order, each {"position", "tag", "rows"} (rows where the command tag counts them; generated statements also have "generated" and the start of their "text"); rows: the last statement''s count; result: the first rows of the last statement that returned rows, as a JSON array, at most 8 kB; sqlstate, error, detail, hint: why a run failed, was cancelled or timed out; error_position and error_statement: the statement that failed or was stopped (its position and the start of its text).';

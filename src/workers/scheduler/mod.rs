@@ -202,6 +202,9 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
         let skip = state.quarantined();
         starts::enqueue_due(client, t, &skip, state, &mut tick);
         starts::start_queued(client, t, &skip, state, &mut tick);
+        // Runs recorded, expired or refused above: their jobs' status and
+        // retries (a retry is never due at once, so none waits for this).
+        outcomes::account_runs(client, t, &mut tick);
         if !matches!(
             pg::in_subtransaction(|| outcomes::finish_one_shots(client, t)),
             Ok(Ok(()))

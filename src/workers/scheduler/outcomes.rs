@@ -175,43 +175,17 @@ fn ended_without_outcome(slot: &Slot) -> Outcome {
     }
 }
 
-/// Records a run's outcome, and on its job: the last status, the count of
-/// failures in a row, and, for a failed run with retries left, when the
-/// next attempt is due: `retry_delay` doubled for each attempt so far, with
-/// up to 10% jitter, and never at or after the job's next scheduled run
-/// (which then takes its place).
+/// Records a run's outcome in its row only: the job's row, which a client
+/// may hold locked, is brought up to date by `account_runs`.
 fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> SpiResult<()> {
     client.update(
         &format!(
-            "WITH r AS ( \
-               UPDATE {runs} SET finished_at = clock_timestamp(), status = $3, rows = $4, \
-                      sqlstate = $5, error = $6, result = $7::jsonb, pid = nullif($8, 0), \
-                      detail = $9, hint = $10, statements = $11::jsonb, \
-                      error_position = nullif($12, 0), error_statement = $13 \
-                WHERE job = $1 AND run = $2 AND finished_at IS NULL \
-                RETURNING job, attempt, status, finished_at), \
-             next AS ( \
-               SELECT r.*, r.status IN ('failed', 'timed out') AS failed, \
-                      r.finished_at + make_interval(secs => least( \
-                          extract(epoch FROM d.retry_delay)::float8 \
-                            * power(2, least(r.attempt - 1, 60)) * (1 + random() * 0.1), \
-                          315576000)) AS retry \
-                 FROM r JOIN {defs} d ON d.id = r.job) \
-             UPDATE {defs} d SET last_status = n.status, last_finished_at = n.finished_at, \
-                    consecutive_failures = CASE WHEN n.status = 'succeeded' THEN 0 \
-                                                WHEN n.failed THEN d.consecutive_failures + 1 \
-                                                ELSE d.consecutive_failures END, \
-                    retry_at = CASE WHEN n.failed AND n.attempt <= d.retries \
-                                         AND d.state = 'scheduled' \
-                                         AND (d.next_run_at IS NULL OR n.retry < d.next_run_at) \
-                                    THEN n.retry END, \
-                    retry_attempt = CASE WHEN n.failed AND n.attempt <= d.retries \
-                                         AND d.state = 'scheduled' \
-                                         AND (d.next_run_at IS NULL OR n.retry < d.next_run_at) \
-                                    THEN n.attempt + 1 END \
-               FROM next n WHERE d.id = n.job",
+            "UPDATE {runs} SET finished_at = clock_timestamp(), status = $3, rows = $4, \
+                    sqlstate = $5, error = $6, result = $7::jsonb, pid = nullif($8, 0), \
+                    detail = $9, hint = $10, statements = $11::jsonb, \
+                    error_position = nullif($12, 0), error_statement = $13 \
+              WHERE job = $1 AND run = $2 AND finished_at IS NULL",
             runs = t.runs,
-            defs = t.defs
         ),
         None,
         &[
@@ -233,6 +207,100 @@ fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> S
     Ok(())
 }
 
+/// Brings jobs up to date with their runs that finished: the last status,
+/// the failures in a row, and, for a failed run with retries left, when the
+/// next attempt is due: `retry_delay` doubled for each attempt so far, with
+/// up to 10% jitter, and never at or after the job's next scheduled run
+/// (which then takes its place). A run that waited too long for a slot
+/// (53000) is not retried. Each run once (`counted`), in the order they
+/// finished, each in a subtransaction; a job whose row a client holds
+/// locked is left for a later wake.
+pub(super) fn account_runs(client: &mut SpiClient<'_>, t: &Tables, tick: &mut Tick) {
+    let pending = pg::in_subtransaction(|| {
+        let table = client.update(
+            &format!(
+                "SELECT job, run FROM {} WHERE NOT counted AND finished_at IS NOT NULL \
+                  ORDER BY finished_at, job, run LIMIT 256",
+                t.runs
+            ),
+            None,
+            &[],
+        )?;
+        let mut pending = Vec::new();
+        for row in table {
+            if let (Some(job), Some(run)) = (row.get::<i64>(1)?, row.get::<i32>(2)?) {
+                pending.push((job, run));
+            }
+        }
+        Ok::<_, pgrx::spi::Error>(pending)
+    });
+    let Ok(Ok(pending)) = pending else {
+        tick.retry = true;
+        return;
+    };
+    tick.retry |= pending.len() >= 256;
+    for (job, run) in pending {
+        let counted = pg::in_subtransaction(|| account_run(client, t, job, run));
+        if !matches!(counted, Ok(Ok(true))) {
+            tick.retry = true;
+        }
+    }
+}
+
+fn account_run(client: &mut SpiClient<'_>, t: &Tables, job: i64, run: i32) -> SpiResult<bool> {
+    let n = client
+        .update(
+            &format!(
+                "WITH d AS (SELECT id, retry_delay FROM {defs} WHERE id = $1 \
+                             FOR NO KEY UPDATE SKIP LOCKED), \
+                 r AS (UPDATE {runs} SET counted = true \
+                        WHERE job = $1 AND run = $2 AND NOT counted AND EXISTS (SELECT FROM d) \
+                        RETURNING job, attempt, status, sqlstate, finished_at), \
+                 n AS (SELECT r.*, r.status IN ('failed', 'timed out') AS failed, \
+                              r.finished_at + make_interval(secs => least( \
+                                  extract(epoch FROM d.retry_delay)::float8 \
+                                    * power(2, least(r.attempt - 1, 60)) * (1 + random() * 0.1), \
+                                  315576000)) AS retry \
+                         FROM r, d) \
+                 UPDATE {defs} j SET last_status = n.status, last_finished_at = n.finished_at, \
+                        consecutive_failures = CASE WHEN n.status = 'succeeded' THEN 0 \
+                                                    WHEN n.failed THEN j.consecutive_failures + 1 \
+                                                    ELSE j.consecutive_failures END, \
+                        retry_at = CASE WHEN n.failed AND n.attempt <= j.retries \
+                                             AND n.sqlstate IS DISTINCT FROM '53000' \
+                                             AND j.state = 'scheduled' \
+                                             AND (j.next_run_at IS NULL OR n.retry < j.next_run_at) \
+                                        THEN n.retry END, \
+                        retry_attempt = CASE WHEN n.failed AND n.attempt <= j.retries \
+                                             AND n.sqlstate IS DISTINCT FROM '53000' \
+                                             AND j.state = 'scheduled' \
+                                             AND (j.next_run_at IS NULL OR n.retry < j.next_run_at) \
+                                        THEN n.attempt + 1 END \
+                   FROM n WHERE j.id = n.job RETURNING j.id",
+                runs = t.runs,
+                defs = t.defs
+            ),
+            None,
+            &[job.into(), run.into()],
+        )?
+        .len();
+    if n == 0 {
+        // The job's row is locked, or the job is gone: counted later, or
+        // with the job's rows.
+        let gone = client
+            .update(
+                &format!("SELECT NOT EXISTS (SELECT FROM {} WHERE id = $1)", t.defs),
+                None,
+                &[job.into()],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+        return Ok(gone);
+    }
+    Ok(true)
+}
+
 /// One-shot jobs whose run is over are finished. Rows a client holds
 /// locked (an open transaction that called `bgw_cancel`) are skipped until
 /// the next wake: recording a run never waits for a client, so no job slot
@@ -244,6 +312,8 @@ pub(super) fn finish_one_shots(client: &mut SpiClient<'_>, t: &Tables) -> SpiRes
               WHERE id IN (SELECT d.id FROM {defs} d \
                             WHERE d.every IS NULL AND d.schedule IS NULL \
                               AND d.state = 'scheduled' AND d.runs > 0 AND d.retry_at IS NULL \
+                              AND NOT EXISTS (SELECT FROM {runs} c \
+                                               WHERE c.job = d.id AND NOT c.counted) \
                               AND NOT EXISTS (SELECT FROM {runs} r \
                                                WHERE r.job = d.id AND r.finished_at IS NULL) \
                               FOR NO KEY UPDATE SKIP LOCKED)",

@@ -249,20 +249,12 @@ pub(super) fn expire_queued(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult
     let expired = client
         .update(
             &format!(
-                "WITH expired AS ( \
-                   UPDATE {runs} SET status = 'failed', finished_at = clock_timestamp(), \
-                          sqlstate = '53000', \
-                          error = format('the run waited %s for a free slot and could not start: all %s job slots (bgworker_rs.max_jobs) or all background worker slots (max_worker_processes) were in use', \
-                                         date_trunc('second', clock_timestamp() - due_at), $1::int4) \
-                    WHERE status = 'queued' AND expires_at <= clock_timestamp() \
-                   RETURNING job, finished_at) \
-                 UPDATE {defs} d SET consecutive_failures = consecutive_failures + e.n, \
-                        last_status = 'failed', last_finished_at = e.at \
-                   FROM (SELECT job, count(*)::int4 AS n, max(finished_at) AS at \
-                           FROM expired GROUP BY job) e \
-                  WHERE d.id = e.job RETURNING d.id",
-                runs = t.runs,
-                defs = t.defs
+                "UPDATE {} SET status = 'failed', finished_at = clock_timestamp(), \
+                        sqlstate = '53000', \
+                        error = format('the run waited %s for a free slot and could not start: all %s job slots (bgworker_rs.max_jobs) or all background worker slots (max_worker_processes) were in use', \
+                                       date_trunc('milliseconds', clock_timestamp() - due_at), $1::int4) \
+                  WHERE status = 'queued' AND expires_at <= clock_timestamp()",
+                t.runs
             ),
             None,
             &[settings::MAX_JOBS.get().into()],
@@ -422,16 +414,10 @@ fn finish_unstarted(
 ) -> SpiResult<()> {
     client.update(
         &format!(
-            "WITH r AS ( \
-               UPDATE {runs} SET finished_at = clock_timestamp(), status = $3, \
-                      sqlstate = $4, error = $5 \
-                WHERE job = $1 AND run = $2 RETURNING job, status, finished_at) \
-             UPDATE {defs} d SET last_status = r.status, last_finished_at = r.finished_at, \
-                    consecutive_failures = consecutive_failures + \
-                        CASE WHEN r.status = 'failed' THEN 1 ELSE 0 END \
-               FROM r WHERE d.id = r.job",
-            runs = t.runs,
-            defs = t.defs
+            "UPDATE {} SET finished_at = clock_timestamp(), status = $3, \
+                    sqlstate = $4, error = $5 \
+              WHERE job = $1 AND run = $2",
+            t.runs
         ),
         None,
         &[
