@@ -8,7 +8,7 @@
 //! Pure Rust: nothing of PostgreSQL, so the next-time computation is tested
 //! deterministically (`cargo test`).
 
-use chrono::{DateTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -78,25 +78,48 @@ impl Schedule {
                 Some(from_last.unwrap_or(after + step))
             }
             Schedule::Cron(cron) => {
-                // Cron times are whole seconds: search from the second
-                // `after` falls in (strictly later times only).
+                // The schedule names wall-clock times: search them in naive
+                // local time (croner in UTC, which has no DST), then place
+                // each in the zone. Whole seconds only.
                 let after = after.with_nanosecond(0).unwrap_or(after);
-                let mut start = after.with_timezone(&tz);
-                // Past the repeated hour of a fall-back change: from the
-                // last instant that shows `last`'s wall-clock time.
+                let mut from = after.with_timezone(&tz).naive_local();
+                // A wall-clock time repeated by a fall-back change runs once:
+                // never at or before the last run's wall-clock time.
                 if let Some(last) = last {
-                    let wall = last.with_timezone(&tz).naive_local();
-                    if let Some(latest) = tz.from_local_datetime(&wall).latest()
-                        && latest > start
-                    {
-                        start = latest;
-                    }
+                    from = from.max(last.with_timezone(&tz).naive_local());
                 }
-                let found = cron.find_next_occurrence(&start, false).ok()?;
-                Some(found.with_timezone(&Utc))
+                for _ in 0..SEARCH_MAX {
+                    let naive = Utc.from_utc_datetime(&from);
+                    let wall = cron.find_next_occurrence(&naive, false).ok()?.naive_utc();
+                    let at = match tz.from_local_datetime(&wall) {
+                        LocalResult::Single(t) => t,
+                        LocalResult::Ambiguous(first, _) => first,
+                        // In a spring-forward gap: the first time after it.
+                        LocalResult::None => after_gap(tz, wall)?,
+                    };
+                    if at.with_timezone(&Utc) > after {
+                        return Some(at.with_timezone(&Utc));
+                    }
+                    from = wall;
+                }
+                None
             }
         }
     }
+}
+
+/// Bound of the search for a time later than `after` (gaps and repeats
+/// only ever skip a few candidates).
+const SEARCH_MAX: usize = 10_000;
+
+/// The first instant after a DST gap that swallowed the wall-clock time
+/// `wall`: gaps end on a whole minute and last at most a day.
+fn after_gap(tz: Tz, wall: NaiveDateTime) -> Option<DateTime<Tz>> {
+    let start = wall.with_second(0)?;
+    (1..=24 * 60).find_map(|m| {
+        tz.from_local_datetime(&(start + chrono::Duration::minutes(m)))
+            .earliest()
+    })
 }
 
 /// The next run time, in microseconds since 1970 (as the scheduler reads
@@ -297,6 +320,28 @@ mod unit_tests {
                 "2026-04-04T15:30:00+00:00",
                 "2026-04-04T15:45:00+00:00"
             ]
+        );
+    }
+
+    #[test]
+    fn a_time_a_gap_swallows_runs_once_after_it_even_on_the_next_day() {
+        // Nuuk, 27 March 2027: the clocks move from 23:00 (-02:00) to 00:00
+        // (-01:00), so 23:30 does not exist; the run comes at 00:00, the
+        // first time after the gap, on the 28th.
+        assert_eq!(
+            next("30 23 27 3 *", "America/Nuuk", "2027-03-27T12:00:00Z").as_deref(),
+            Some("2027-03-28T01:00:00+00:00")
+        );
+        // New York, 14 March 2027: 02:00 becomes 03:00. Every ten minutes of
+        // the 2 o'clock hour runs once, at 03:00; then the next year.
+        assert_eq!(
+            times(
+                "*/10 2 14 3 *",
+                "America/New_York",
+                "2027-03-14T05:00:00Z",
+                2
+            ),
+            ["2027-03-14T07:00:00+00:00", "2028-03-14T06:00:00+00:00"]
         );
     }
 

@@ -422,6 +422,12 @@ fn bad_schedules_and_arguments_are_refused() {
             false,
         ),
         (
+            "SELECT bgw_schedule('x', '* * * * ' || repeat('1,', 1000) || '1', 'SELECT 1')",
+            "22023",
+            "schedule is too long (2009 bytes; at most 1000)",
+            true,
+        ),
+        (
             "SELECT bgw_schedule(NULL, '@daily', 'SELECT 1')",
             "22004",
             "name",
@@ -439,32 +445,55 @@ fn bad_schedules_and_arguments_are_refused() {
             );
         }
     }
-    // A name in use by a job of another role that the caller may manage.
+    // Names are the creator's: another role's name claims nothing.
     c.batch_execute(
         "CREATE ROLE alice LOGIN; \
-         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO alice; \
-         SELECT bgw_schedule('nightly', '@daily', 'SELECT 1', role => 'alice')",
+         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO alice",
     )
     .unwrap();
     let mut alice = cluster.connect_as("alice", "postgres");
-    let (code, message, ..) = expect_error(
+    let theirs = job(
         &mut alice,
+        "SELECT bgw_schedule('nightly', '@daily', 'SELECT 1')",
+    );
+    let ours = job(
+        &mut c,
         "SELECT bgw_schedule('nightly', '@daily', 'SELECT 2')",
+    );
+    assert_ne!(theirs, ours);
+    // Replacing one's own job may not change the role it runs as.
+    let a = job(
+        &mut c,
+        "SELECT bgw_schedule('as-alice', '@daily', 'SELECT 1', role => 'alice')",
+    );
+    let (code, message, ..) = expect_error(
+        &mut c,
+        "SELECT bgw_schedule('as-alice', '@daily', 'SELECT 1')",
     );
     assert_eq!(code, "42710", "{message}");
     assert_eq!(
         message,
-        "a job named \"nightly\" already exists, created by role \"postgres\""
+        "you already have a job named \"as-alice\", which runs as another role"
     );
-    // The caller's own name: replaced, not duplicated.
+    assert!(flag(&mut c, &format!("SELECT bgw_cancel({a})")));
+    // The caller's own name: replaced, not duplicated, and running again
+    // even if it was paused.
     let a = job(&mut c, "SELECT bgw_schedule('mine', '@daily', 'SELECT 1')");
+    c.batch_execute(&format!("SELECT bgw_alter({a}, active => false)"))
+        .unwrap();
     let b = job(&mut c, "SELECT bgw_schedule('mine', '@hourly', 'SELECT 2')");
     assert_eq!(a, b);
-    let (schedule, sql): (String, String) = c
-        .query_one("SELECT schedule, sql FROM bgw_jobs WHERE id = $1", &[&a])
-        .map(|r| (r.get(0), r.get(1)))
+    let (schedule, sql, active): (String, String, bool) = c
+        .query_one(
+            "SELECT schedule, sql, active FROM bgw_jobs WHERE id = $1",
+            &[&a],
+        )
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
         .unwrap();
-    assert_eq!((schedule.as_str(), sql.as_str()), ("@hourly", "SELECT 2"));
+    assert_eq!(
+        (schedule.as_str(), sql.as_str(), active),
+        ("@hourly", "SELECT 2", true)
+    );
     // bgw_alter and bgw_run_now on a cancelled job.
     assert!(flag(&mut c, "SELECT bgw_unschedule('mine')"));
     let (code, message, ..) = expect_error(&mut c, &format!("SELECT bgw_run_now({a})"));
@@ -474,4 +503,86 @@ fn bad_schedules_and_arguments_are_refused() {
     );
     let (code, ..) = expect_error(&mut c, &format!("SELECT bgw_alter({a}, retries => 1)"));
     assert_eq!(code, "55000");
+}
+
+/// Two sessions scheduling one name, or queueing an extra run of one job,
+/// at the same time: one job, one queued run.
+#[test]
+fn concurrent_calls_make_one_job_and_one_queued_run() {
+    let conf = ["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 1"];
+    let (cluster, mut c) = start_with_extension(&conf);
+    let mut first = cluster.connect();
+    let mut tx = first.transaction().unwrap();
+    let a: i64 = tx
+        .query_one("SELECT bgw_schedule('race', '@yearly', 'SELECT 1')", &[])
+        .unwrap()
+        .get(0);
+    let second = {
+        let mut other = cluster.connect();
+        std::thread::spawn(move || -> i64 {
+            other
+                .query_one("SELECT bgw_schedule('race', '@yearly', 'SELECT 2')", &[])
+                .unwrap()
+                .get(0)
+        })
+    };
+    wait_until("the second call to wait for the first", T_JOBS, || {
+        flag(
+            &mut c,
+            "SELECT EXISTS (SELECT FROM pg_stat_activity \
+                             WHERE query LIKE '%bgw_schedule(''race''%SELECT 2%' \
+                               AND wait_event_type = 'Lock')",
+        )
+        .then_some(())
+    });
+    tx.commit().unwrap();
+    assert_eq!(second.join().unwrap(), a);
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM bgw_jobs WHERE name = 'race'"),
+        1
+    );
+
+    // The slot is busy, so extra runs wait in the queue.
+    let blocker = job(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    wait_until("the blocker to run", T_JOBS, || {
+        flag(
+            &mut c,
+            &format!("SELECT state = 'running' FROM bgw_jobs WHERE id = {blocker}"),
+        )
+        .then_some(())
+    });
+    let mut tx = first.transaction().unwrap();
+    let run: i32 = tx
+        .query_one("SELECT bgw_run_now($1)", &[&a])
+        .unwrap()
+        .get(0);
+    let second = {
+        let mut other = cluster.connect();
+        std::thread::spawn(move || -> i32 {
+            other
+                .query_one("SELECT bgw_run_now($1)", &[&a])
+                .unwrap()
+                .get(0)
+        })
+    };
+    wait_until("the second bgw_run_now to wait", T_JOBS, || {
+        flag(
+            &mut c,
+            "SELECT EXISTS (SELECT FROM pg_stat_activity \
+                             WHERE query LIKE 'SELECT bgw_run_now%' AND wait_event_type = 'Lock')",
+        )
+        .then_some(())
+    });
+    tx.commit().unwrap();
+    assert_eq!(second.join().unwrap(), run);
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            &format!("SELECT count(*) FROM bgw_job_runs WHERE job = {a} AND status = 'queued'")
+        ),
+        1
+    );
+    assert!(flag(&mut c, &format!("SELECT bgw_cancel({blocker})")));
+    let r = finished_run(&mut c, a, run);
+    assert_eq!(r["status"], "succeeded", "{r}");
 }

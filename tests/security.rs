@@ -1521,3 +1521,79 @@ fn statement_timeouts_hold_in_jobs_and_the_run_timeout_cannot_be_dodged() {
     assert_eq!(r["statements"][0]["tag"], "DO", "{r}");
     finish(&mut c);
 }
+
+// ------------------------------------------- what the review of #14 found
+
+/// A due job whose row the attacker holds locked (bgw_alter in an open
+/// transaction) is skipped, without the scheduler spinning over it.
+#[test]
+fn a_locked_due_job_never_makes_the_scheduler_spin() {
+    let (cluster, mut c) = start_cluster(&[]);
+    let mut att = attacker(&cluster);
+    let job = run(
+        &mut att,
+        "SELECT bgw_run('SELECT 1', every => '1 hour', at => now() + interval '1 second')",
+    );
+    let mut holder = attacker(&cluster);
+    let mut tx = holder.transaction().unwrap();
+    tx.execute("SELECT bgw_alter($1, retries => 0)", &[&job])
+        .unwrap();
+    // Past its due time, the scheduler wakes about once a second for it: a
+    // few transaction ids, not thousands.
+    wait_until("the job to be due", T, || {
+        let due: bool = c
+            .query_one(
+                "SELECT next_run_at < now() FROM bgw_jobs WHERE id = $1",
+                &[&job],
+            )
+            .unwrap()
+            .get(0);
+        due.then_some(())
+    });
+    // The next transaction id, read without taking one.
+    let xid = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+    };
+    let start = xid(&mut c);
+    let spun = poll(Duration::from_secs(3), || {
+        (xid(&mut c) - start > 200).then_some(())
+    });
+    assert!(
+        spun.is_none(),
+        "the scheduler burnt transaction ids while the row was locked"
+    );
+    tx.rollback().unwrap();
+    let r = result(&mut c, job);
+    assert_eq!(status(&r), (Some("succeeded"), None), "{r}");
+    finish(&mut c);
+}
+
+/// A queued run whose row the attacker holds locked (bgw_cancel in an open
+/// transaction) does not keep other runs from expiring on time.
+#[test]
+fn a_locked_queued_run_never_holds_up_the_queue() {
+    let (cluster, mut c) = start_cluster(&[
+        "bgworker_rs.max_jobs = 1",
+        "bgworker_rs.queue_timeout = '2s'",
+    ]);
+    let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    wait_until("the blocker to run", T, || job_pid(&mut c, blocker));
+    let mut att = attacker(&cluster);
+    let theirs = run(&mut att, "SELECT bgw_run('SELECT 1')");
+    let mine = run(&mut c, "SELECT bgw_run('SELECT 2')");
+    let mut holder = attacker(&cluster);
+    let mut tx = holder.transaction().unwrap();
+    assert!(cancel(&mut tx, theirs));
+    // While the attacker's transaction is still open, the other queued run
+    // has expired and been recorded.
+    let r = result(&mut c, mine);
+    assert_eq!(status(&r), (Some("failed"), Some("53000")), "{r}");
+    tx.rollback().unwrap();
+    assert!(cancel(&mut c, blocker));
+    finish(&mut c);
+}

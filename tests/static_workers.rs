@@ -300,10 +300,13 @@ fn out_of_range_settings_in_config_warn_and_keep_defaults() {
         .collect();
     let expect = [
         ("database", "postgres"),
+        ("history_max_age", "2592000"),
+        ("history_max_runs", "1000"),
         ("launch_timeout", "30000"),
         ("max_jobs", "8"),
         ("monitor", "off"),
         ("naptime", "10000"),
+        ("queue_timeout", "60000"),
         ("restart_time", "5"),
         ("role", ""),
         ("total_workers", "2"),

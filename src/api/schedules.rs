@@ -6,8 +6,8 @@
 
 use crate::access;
 use crate::api::jobs::{
-    self, EVERY_MAX, EVERY_MAX_TEXT, checked_sql, checked_timeout, job_row, may_manage,
-    require_writable_jobs, wake_scheduler_at_commit,
+    self, EVERY_MAX, EVERY_MAX_TEXT, checked_sql, checked_timeout, job_row, require_writable_jobs,
+    wake_scheduler_at_commit,
 };
 use crate::api::{args, launch};
 use crate::pg::{self, UserError};
@@ -19,6 +19,8 @@ use std::ffi::CStr;
 
 /// Longest job name, in bytes.
 const NAME_MAX: usize = 200;
+/// Longest schedule, in bytes: the scheduler reads it at every tick.
+const SCHEDULE_MAX: usize = 1000;
 /// Most retries of a failed run.
 const RETRIES_MAX: i32 = 1000;
 
@@ -33,6 +35,14 @@ fn checked_schedule(text: &str, timezone: Option<&str>) -> (String, String, i64)
         .map(str::to_string)
         .or_else(|| pg::setting(c"TimeZone"))
         .unwrap_or_else(|| "UTC".into());
+    if text.len() > SCHEDULE_MAX {
+        invalid(format!(
+            "schedule is too long ({} bytes; at most {SCHEDULE_MAX})",
+            text.len()
+        ))
+        .hint(schedule::FORMS)
+        .raise();
+    }
     if let Err(e) = schedule::Schedule::parse(text) {
         invalid(format!("schedule is not valid: {e}"))
             .hint(schedule::FORMS)
@@ -128,49 +138,31 @@ fn bgw_schedule(
     access::check_permissions(database, role, 0);
     let me = pg::current_user();
 
-    let mine = store::with_installed_tables(|client, t| {
+    // One statement, so that two sessions scheduling one name meet at the
+    // unique index: the second replaces what the first made.
+    let id = store::with_installed_tables(|client, t| {
         client
             .update(
                 &format!(
-                    "SELECT id FROM {} WHERE created_by = $1::oid::regrole AND name = $2 \
-                       AND state <> 'cancelled' FOR UPDATE",
-                    t.defs
+                    "INSERT INTO {defs} AS d (created_by, name, sql, database, database_name, role, \
+                                          schedule, timezone, timeout, atomic, retries, \
+                                          retry_delay, next_run_at) \
+                     VALUES ($1::oid::regrole, $2, $3, $4, $5, $6::oid::regrole, $7, $8, $9, $10, \
+                             $11, $12, {next}) \
+                     ON CONFLICT (created_by, name) \
+                        WHERE name IS NOT NULL AND state <> 'cancelled' \
+                     DO UPDATE SET sql = excluded.sql, database = excluded.database, \
+                            database_name = excluded.database_name, schedule = excluded.schedule, \
+                            timezone = excluded.timezone, timeout = excluded.timeout, \
+                            atomic = excluded.atomic, retries = excluded.retries, \
+                            retry_delay = excluded.retry_delay, next_run_at = excluded.next_run_at, \
+                            every = NULL, gexec = false, active = true, state = 'scheduled', \
+                            reason = NULL, retry_at = NULL, retry_attempt = NULL \
+                      WHERE d.role = excluded.role \
+                     RETURNING id",
+                    defs = t.defs,
+                    next = at(13)
                 ),
-                None,
-                &[me.into(), name.into()],
-            )
-            .and_then(first_value::<i64>)
-    })
-    .unwrap_or_else(|e| error!("cannot read the jobs: {e}"));
-    if mine.is_none() {
-        refuse_a_name_in_use(name, me);
-    }
-    let values = format!(
-        "sql = $3, database = $4, database_name = $5, role = $6::oid::regrole, \
-         schedule = $7, timezone = $8, timeout = $9, atomic = $10, retries = $11, \
-         retry_delay = $12, next_run_at = {}, every = NULL, gexec = false, \
-         retry_at = NULL, retry_attempt = NULL",
-        at(13)
-    );
-    let id = store::with_installed_tables(|client, t| {
-        let sql_text = match mine {
-            Some(_) => format!(
-                "UPDATE {defs} SET {values} WHERE id = $14 RETURNING id",
-                defs = t.defs
-            ),
-            None => format!(
-                "INSERT INTO {defs} (created_by, name, sql, database, database_name, role, \
-                                     schedule, timezone, timeout, atomic, retries, retry_delay, \
-                                     next_run_at) \
-                 SELECT $1::oid::regrole, $2, $3, $4, $5, $6::oid::regrole, $7, $8, $9, $10, \
-                        $11, $12, {next} RETURNING id",
-                defs = t.defs,
-                next = at(13)
-            ),
-        };
-        client
-            .update(
-                &sql_text,
                 None,
                 &[
                     me.into(),
@@ -186,52 +178,26 @@ fn bgw_schedule(
                     retries.into(),
                     retry_delay.into(),
                     next.into(),
-                    mine.into(),
                 ],
             )
             .and_then(first_value::<i64>)
     })
-    .unwrap_or_else(|e| error!("cannot schedule job \"{name}\": {e}"))
-    .unwrap_or_else(|| error!("cannot schedule job \"{name}\": no id returned"));
-    wake_scheduler_at_commit();
-    id
-}
-
-/// A name another role's live job has, where the caller would see both:
-/// refused, so that no one manages two jobs of one name.
-fn refuse_a_name_in_use(name: &str, me: pg_sys::Oid) {
-    let others = store::with_installed_tables(|client, t| {
-        let table = client.update(
-            &format!(
-                "SELECT created_by::oid, role::oid FROM {} \
-                  WHERE name = $1 AND state <> 'cancelled' AND created_by <> $2::oid::regrole",
-                t.defs
-            ),
-            None,
-            &[name.into(), me.into()],
-        )?;
-        let mut found = Vec::new();
-        for row in table {
-            found.push((
-                row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-                row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-            ));
-        }
-        Ok(found)
-    })
-    .unwrap_or_else(|e| error!("cannot read the jobs: {e}"));
-    if let Some((creator, _)) = others.iter().find(|(c, r)| may_manage(*c, *r)) {
+    .unwrap_or_else(|e| error!("cannot schedule job \"{name}\": {e}"));
+    // No row: the caller's job of that name runs as another role.
+    let Some(id) = id else {
         UserError::new(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!(
-                "a job named \"{name}\" already exists, created by role \"{}\"",
-                pg::role_name(*creator)
-            ),
+            format!("you already have a job named \"{name}\", which runs as another role"),
         )
-        .detail("Job names are unique per creator, and you may manage that job too.")
-        .hint("Choose another name, or change that job with bgw_alter() by its id.")
-        .raise();
-    }
+        .detail(format!(
+            "Replacing it would make it run as role \"{}\".",
+            pg::role_name(role)
+        ))
+        .hint("Choose another name, or bgw_unschedule() that job first.")
+        .raise()
+    };
+    wake_scheduler_at_commit();
+    id
 }
 
 /// What `bgw_alter()` needs of a job beyond `job_row`.
@@ -387,6 +353,13 @@ fn bgw_run_now(job: Option<i64>) -> i32 {
     let row = job_row(job);
     refuse_cancelled(job, &row.state);
     let run = store::with_installed_tables(|client, t| {
+        // The job's row first: a second caller waits here, then finds the
+        // run the first queued.
+        client.update(
+            &format!("SELECT FROM {} WHERE id = $1 FOR UPDATE", t.defs),
+            None,
+            &[job.into()],
+        )?;
         let waiting = client
             .update(
                 &format!(

@@ -27,7 +27,7 @@ pub(super) fn prune_now_and_then(
         Ok(Ok(deleted)) => {
             // A full batch: more to do, at the next wake.
             state.pruned = (deleted < BATCH).then(Instant::now);
-            tick.retry |= deleted >= BATCH;
+            tick.more |= deleted >= BATCH;
         }
         // Locked or failing: try again in a minute.
         _ => state.pruned = Some(Instant::now()),

@@ -101,8 +101,15 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
                     // again soon, as a slot freed by others wakes nobody.
                     state.requeue.extend(requeue);
                     RETRY_MS
+                } else if tick.more {
+                    0
                 } else if tick.retry {
-                    tick.next_due_ms.clamp(0, RETRY_MS)
+                    // Never a busy loop over what is locked or failing.
+                    if tick.next_due_ms <= 0 {
+                        RETRY_MS
+                    } else {
+                        tick.next_due_ms.min(RETRY_MS)
+                    }
                 } else {
                     tick.next_due_ms.clamp(0, MAX_SLEEP_MS)
                 }
@@ -153,8 +160,11 @@ struct Tick {
     recorded: Vec<(usize, i64, i32)>,
     launches: Vec<starts::Launch>,
     next_due_ms: i64,
-    /// Something was left for the next wake (a locked row, an error).
+    /// Something was left for a later wake (a locked row, an error): look
+    /// again within RETRY_MS, but not at once.
     retry: bool,
+    /// A batch was full: more is due now, come back at once.
+    more: bool,
     /// A queued run found no free slot.
     slots_full: bool,
 }
@@ -166,6 +176,7 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
             launches: Vec::new(),
             next_due_ms: settings::NAPTIME_MS.get().into(),
             retry: false,
+            more: false,
             slots_full: false,
         };
         let busy = job_slots::busy();
@@ -227,6 +238,7 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
             launches: Vec::new(),
             next_due_ms: settings::NAPTIME_MS.get().into(),
             retry: false,
+            more: false,
             slots_full: false,
         }),
         Err(e) => Err(pg::CapturedError::new(

@@ -238,7 +238,7 @@ pub(super) fn account_runs(client: &mut SpiClient<'_>, t: &Tables, tick: &mut Ti
         tick.retry = true;
         return;
     };
-    tick.retry |= pending.len() >= 256;
+    tick.more |= pending.len() >= 256;
     for (job, run) in pending {
         let counted = pg::in_subtransaction(|| account_run(client, t, job, run));
         if !matches!(counted, Ok(Ok(true))) {

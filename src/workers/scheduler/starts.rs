@@ -102,10 +102,36 @@ pub(super) fn enqueue_due(
             return;
         }
     };
-    tick.retry |= due.len() as i64 >= BATCH;
+    if due.len() as i64 >= BATCH {
+        tick.more = true;
+    } else if !matches!(
+        pg::in_subtransaction(|| count_due(client, t, skip)),
+        Ok(Ok(n)) if n <= due.len() as i64
+    ) {
+        // Due rows a client holds locked: looked at again after RETRY_MS.
+        tick.retry = true;
+    }
     each_job(client, t, due, state, "queue a run of", |client, id| {
         enqueue_one(client, t, id)
     });
+}
+
+/// Due jobs, locked or not.
+fn count_due(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResult<i64> {
+    Ok(client
+        .update(
+            &format!(
+                "SELECT count(*) FROM {} \
+                  WHERE state = 'scheduled' AND active \
+                    AND LEAST(next_run_at, retry_at) <= clock_timestamp() AND id <> ALL($1)",
+                t.defs
+            ),
+            None,
+            &[skip.to_vec().into()],
+        )?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0))
 }
 
 fn ids(client: &mut SpiClient<'_>, sql: &str, skip: &[i64]) -> SpiResult<Vec<i64>> {
@@ -249,12 +275,15 @@ pub(super) fn expire_queued(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult
     let expired = client
         .update(
             &format!(
-                "UPDATE {} SET status = 'failed', finished_at = clock_timestamp(), \
+                "UPDATE {runs} SET status = 'failed', finished_at = clock_timestamp(), \
                         sqlstate = '53000', \
                         error = format('the run waited %s for a free slot and could not start: all %s job slots (bgworker_rs.max_jobs) or all background worker slots (max_worker_processes) were in use', \
                                        date_trunc('milliseconds', clock_timestamp() - due_at), $1::int4) \
-                  WHERE status = 'queued' AND expires_at <= clock_timestamp()",
-                t.runs
+                  WHERE ctid = ANY (ARRAY( \
+                          SELECT ctid FROM {runs} \
+                           WHERE status = 'queued' AND expires_at <= clock_timestamp() \
+                             FOR UPDATE SKIP LOCKED))",
+                runs = t.runs
             ),
             None,
             &[settings::MAX_JOBS.get().into()],
@@ -302,7 +331,7 @@ pub(super) fn start_queued(
             return;
         }
     };
-    tick.retry |= queued.len() as i64 >= BATCH;
+    tick.more |= queued.len() as i64 >= BATCH;
     let mut full = false;
     each_job(client, t, queued, state, "start a run of", |client, id| {
         if full {
