@@ -22,6 +22,9 @@ mod tests {
         assert_eq!(show("bgworker_rs.role"), "");
         assert_eq!(show("bgworker_rs.launch_timeout"), "30s");
         assert_eq!(show("bgworker_rs.max_jobs"), "8");
+        assert_eq!(show("bgworker_rs.queue_timeout"), "1min");
+        assert_eq!(show("bgworker_rs.history_max_age"), "30d");
+        assert_eq!(show("bgworker_rs.history_max_runs"), "1000");
         let context = Spi::get_one::<String>(
             "SELECT string_agg(name || '=' || context, ',' ORDER BY name) FROM pg_settings WHERE name LIKE 'bgworker_rs.%'",
         )
@@ -29,8 +32,8 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(
             context,
-            "bgworker_rs.database=sighup,bgworker_rs.launch_timeout=user,bgworker_rs.max_jobs=postmaster,bgworker_rs.monitor=postmaster,\
-             bgworker_rs.naptime=sighup,bgworker_rs.restart_time=postmaster,bgworker_rs.role=sighup,bgworker_rs.total_workers=postmaster"
+            "bgworker_rs.database=sighup,bgworker_rs.history_max_age=sighup,bgworker_rs.history_max_runs=sighup,bgworker_rs.launch_timeout=user,bgworker_rs.max_jobs=postmaster,bgworker_rs.monitor=postmaster,\
+             bgworker_rs.naptime=sighup,bgworker_rs.queue_timeout=sighup,bgworker_rs.restart_time=postmaster,bgworker_rs.role=sighup,bgworker_rs.total_workers=postmaster"
         );
     }
 
