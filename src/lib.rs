@@ -29,6 +29,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::init(preloading);
     if preloading {
         pg::install_shmem_hooks(shmem_request, shmem_startup);
+        pg::install_utility_hook(api::utility::around, c"bgworker_rs");
         workers::registration::register_static_workers();
     }
 }
@@ -37,11 +38,13 @@ pub extern "C-unwind" fn _PG_init() {
 fn shmem_request() {
     shmem::registry::request();
     shmem::job_slots::request();
+    shmem::schedulers::request();
 }
 
 fn shmem_startup() {
     shmem::registry::startup();
     shmem::job_slots::startup();
+    shmem::schedulers::startup();
 }
 
 pgrx::extension_sql_file!("../sql/security.sql", name = "security", finalize);

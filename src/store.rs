@@ -16,6 +16,19 @@ use pgrx::spi::{SpiClient, quote_identifier};
 
 pub type SpiResult<T> = Result<T, pgrx::spi::Error>;
 
+/// The version of the extension's SQL objects this library works with.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What [`with_tables`] found in the database.
+pub enum Found<R> {
+    Installed(R),
+    /// `CREATE EXTENSION bgworker_rs` has not run here.
+    Missing,
+    /// Installed at another version: `ALTER EXTENSION bgworker_rs UPDATE`
+    /// has not run since the library was upgraded.
+    OtherVersion(String),
+}
+
 /// The extension's tables, schema-qualified and quoted, and their owner.
 pub struct Tables {
     pub defs: String,
@@ -24,38 +37,48 @@ pub struct Tables {
 }
 
 /// Runs `body` on the extension's tables with the pinned path and the
-/// owner's rights. `None` where the extension is not installed (the
-/// scheduler's database may not have it yet).
+/// owner's rights, if the extension is installed here at this library's
+/// version.
 pub fn with_tables<R>(
     body: impl FnOnce(&mut SpiClient<'_>, &Tables) -> SpiResult<R>,
-) -> SpiResult<Option<R>> {
+) -> SpiResult<Found<R>> {
     pg::with_pinned_search_path(|| {
-        Spi::connect_mut(|client| {
-            let Some(t) = locate(client)? else {
-                return Ok(None);
-            };
-            pg::as_user_restricted(t.owner, || body(client, &t)).map(Some)
+        Spi::connect_mut(|client| match locate(client)? {
+            Found::Installed(t) => {
+                pg::as_user_restricted(t.owner, || body(client, &t)).map(Found::Installed)
+            }
+            Found::Missing => Ok(Found::Missing),
+            Found::OtherVersion(v) => Ok(Found::OtherVersion(v)),
         })
     })
 }
 
 /// As [`with_tables`], for the SQL functions: the extension must be
-/// installed in this database (55000 otherwise).
+/// installed in this database, at this library's version (55000 otherwise).
 pub fn with_installed_tables<R>(
     body: impl FnOnce(&mut SpiClient<'_>, &Tables) -> SpiResult<R>,
 ) -> SpiResult<R> {
-    Ok(with_tables(body)?.unwrap_or_else(|| {
-        UserError::new(
+    match with_tables(body)? {
+        Found::Installed(r) => Ok(r),
+        Found::Missing => UserError::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "extension \"bgworker_rs\" is not installed in this database",
         )
-        .raise()
-    }))
+        .raise(),
+        Found::OtherVersion(v) => UserError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "extension \"bgworker_rs\" in this database is version {v}, but the library is version {VERSION}"
+            ),
+        )
+        .hint("Run ALTER EXTENSION bgworker_rs UPDATE.")
+        .raise(),
+    }
 }
 
-fn locate(client: &SpiClient<'_>) -> SpiResult<Option<Tables>> {
+fn locate(client: &SpiClient<'_>) -> SpiResult<Found<Tables>> {
     let table = client.select(
-        "SELECT n.nspname::pg_catalog.text, e.extowner \
+        "SELECT n.nspname::pg_catalog.text, e.extowner, e.extversion \
            FROM pg_catalog.pg_extension e \
            JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \
           WHERE e.extname OPERATOR(pg_catalog.=) 'bgworker_rs'",
@@ -63,14 +86,21 @@ fn locate(client: &SpiClient<'_>) -> SpiResult<Option<Tables>> {
         &[],
     )?;
     if table.is_empty() {
-        return Ok(None);
+        return Ok(Found::Missing);
     }
     let row = table.first();
-    let (Some(schema), Some(owner)) = (row.get::<String>(1)?, row.get::<pg_sys::Oid>(2)?) else {
-        return Ok(None);
+    let (Some(schema), Some(owner), Some(version)) = (
+        row.get::<String>(1)?,
+        row.get::<pg_sys::Oid>(2)?,
+        row.get::<String>(3)?,
+    ) else {
+        return Ok(Found::Missing);
     };
+    if version != VERSION {
+        return Ok(Found::OtherVersion(version));
+    }
     let s = quote_identifier(schema);
-    Ok(Some(Tables {
+    Ok(Found::Installed(Tables {
         defs: format!("{s}.bgw_job_defs"),
         runs: format!("{s}.bgw_job_runs"),
         owner,

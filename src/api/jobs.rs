@@ -1,16 +1,15 @@
 //! SQL jobs: `bgw_run()` runs a statement in a background worker, once or
 //! every interval; `bgw_result()` waits for a run's outcome; `bgw_cancel()`
 //! stops a job. Jobs and their runs are rows in `bgw_job_defs` and
-//! `bgw_job_runs`, in the database the scheduler connects to
-//! (`bgworker_rs.database`); a job may run in any database.
+//! `bgw_job_runs`, in each database where the extension is installed; that
+//! database's scheduler runs them, there or (`database =>`) in another.
 
 use crate::access;
 use crate::api::{args, launch, manage};
 use crate::pg;
 use crate::pg::UserError;
-use crate::settings;
 use crate::shmem::job_slots::{self, SQL_MAX};
-use crate::shmem::{Kind, registry};
+use crate::shmem::schedulers;
 use crate::store::{self, first_value};
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -27,11 +26,13 @@ CREATE TABLE @extschema@.bgw_job_defs (
     id pg_catalog.int8 GENERATED ALWAYS AS IDENTITY
         (SEQUENCE NAME @extschema@.bgw_job_defs_id_seq) PRIMARY KEY,
     sql pg_catalog.text NOT NULL,
-    database pg_catalog.oid NOT NULL,
-    -- The database's name when the job was created: a run needs both to
-    -- match, so that a restore into another cluster, where the OID may be
-    -- another database's, never runs a job there.
-    database_name pg_catalog.name NOT NULL,
+    -- NULL: this database, the one that keeps the job, whatever its OID or
+    -- name (after a rename, or a restore into another cluster). Another
+    -- database is kept with its name when the job was created: a run needs
+    -- both to match, so that a restore into another cluster, where the OID
+    -- may be another database's, never runs a job there.
+    database pg_catalog.oid,
+    database_name pg_catalog.name,
     role pg_catalog.regrole NOT NULL,
     every pg_catalog.interval,
     timeout pg_catalog.interval,
@@ -63,7 +64,7 @@ CREATE TABLE @extschema@.bgw_job_defs (
     runs pg_catalog.int4 NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE @extschema@.bgw_job_defs IS
-'Jobs created by bgw_run(); read them through the view bgw_jobs. database, role and created_by are identities (OIDs), so a renamed role keeps its jobs and a new role with an old name never inherits them. state: scheduled (a run is due or to come), finished (a one-shot job has run), cancelled (bgw_cancel, or the scheduler, with the reason).';
+'Jobs created by bgw_run() and bgw_schedule() in this database; read them through the view bgw_jobs. database (NULL: this one), role and created_by are identities (OIDs), so a renamed role keeps its jobs and a new role with an old name never inherits them. state: scheduled (a run is due or to come), finished (a one-shot job has run), cancelled (bgw_cancel, or the scheduler, with the reason).';
 
 CREATE TABLE @extschema@.bgw_job_runs (
     job pg_catalog.int8 NOT NULL REFERENCES @extschema@.bgw_job_defs (id) ON DELETE CASCADE,
@@ -111,8 +112,9 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.bgw_job_defs_id_seq', ''
 
 CREATE VIEW @extschema@.bgw_jobs WITH (security_barrier) AS
 SELECT d.id, d.name, d.sql, d.schedule, d.timezone,
-       (SELECT db.datname FROM pg_catalog.pg_database db
-         WHERE db.oid OPERATOR(pg_catalog.=) d.database) AS database,
+       CASE WHEN d.database IS NULL THEN pg_catalog.current_database()
+            ELSE (SELECT db.datname FROM pg_catalog.pg_database db
+                   WHERE db.oid OPERATOR(pg_catalog.=) d.database) END AS database,
        pg_catalog.pg_get_userbyid(d.role::pg_catalog.oid) AS role,
        d.every, d.timeout, d.atomic, d.gexec, d.active, d.retries, d.retry_delay,
        CASE WHEN p.pid IS NOT NULL THEN 'running'
@@ -141,8 +143,7 @@ REVOKE ALL ON @extschema@.bgw_job_defs, @extschema@.bgw_job_runs, @extschema@.bg
 pub(super) const EVERY_MAX: Duration = Duration::from_secs(3653 * 86_400);
 pub(super) const EVERY_MAX_TEXT: &str = "10 years (3653 days)";
 
-/// Jobs need the library preloaded with `bgworker_rs.max_jobs` > 0, and are
-/// kept in the scheduler's database.
+/// Jobs need the library preloaded with `bgworker_rs.max_jobs` > 0.
 pub(super) fn require_jobs() {
     manage::require_registry();
     if !job_slots::is_available() {
@@ -154,29 +155,33 @@ pub(super) fn require_jobs() {
         .hint("Set bgworker_rs.max_jobs in postgresql.conf and restart the server.")
         .raise();
     }
-    let home = settings::DATABASE
-        .get()
-        .map(|d| d.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let here = pg::database_name(pg::current_database());
-    if here != home {
-        UserError::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("bgworker_rs jobs are kept in database \"{home}\", not \"{here}\""),
-        )
-        .detail("The job scheduler connects to the database named by bgworker_rs.database.")
-        .hint(format!(
-            "Connect to \"{home}\"; bgw_run(..., database => '{here}') runs a job in this database."
-        ))
-        .raise();
-    }
 }
 
+/// This database's scheduler looks at the jobs when the transaction
+/// commits: woken if it runs, else started by the launcher.
 pub(super) fn wake_scheduler_at_commit() {
-    if let Some(pid) = registry::live_pid(Kind::Scheduler) {
-        pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
-            pg::wake_backend(pid)
-        });
+    wake_scheduler_at_commit_of(pg::current_database());
+}
+
+/// As [`wake_scheduler_at_commit`], for `database`'s scheduler.
+pub(super) fn wake_scheduler_at_commit_of(database: pg_sys::Oid) {
+    let db = database.to_u32();
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+        schedulers::ask_for(db);
+    });
+}
+
+/// Where a new job runs: `None` is this database (stored as NULL, so that
+/// the job follows its database through a rename or a restore), as is
+/// this database named. Returns what to store (OID and name, or NULLs)
+/// and the OID to check permissions on.
+pub(super) fn target_database(
+    database: Option<&CStr>,
+) -> (Option<pg_sys::Oid>, Option<String>, pg_sys::Oid) {
+    let here = pg::current_database();
+    match database.map(launch::resolve_database) {
+        Some(db) if db != here => (Some(db), Some(pg::database_name(db)), db),
+        _ => (None, None, here),
     }
 }
 
@@ -220,9 +225,9 @@ fn bgw_run(
         .raise();
     }
     require_writable_jobs();
-    let database = database.map_or_else(pg::current_database, launch::resolve_database);
+    let (database, database_name, target) = target_database(database);
     let role = role.map_or_else(pg::current_user, launch::resolve_role);
-    access::check_permissions(database, role, 0);
+    access::check_permissions(target, role, 0);
     let me = pg::current_user();
 
     let id = store::with_installed_tables(|client, t| {
@@ -241,7 +246,7 @@ fn bgw_run(
                     every.into(),
                     timeout.into(),
                     me.into(),
-                    pg::database_name(database).into(),
+                    database_name.into(),
                     atomic.into(),
                     gexec.into(),
                     at.into(),
@@ -286,7 +291,8 @@ pub(super) fn checked_timeout(timeout: Option<Interval>) {
     }
 }
 
-/// Jobs are available, and may be created or changed (not in recovery).
+/// Jobs are available, and may be created or changed (not in recovery,
+/// not in a template database, where no scheduler runs).
 pub(super) fn require_writable_jobs() {
     require_jobs();
     if pg::recovery_in_progress() {
@@ -294,6 +300,18 @@ pub(super) fn require_writable_jobs() {
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "cannot create or change a bgworker_rs job while the server is in recovery",
         )
+        .raise();
+    }
+    if pg::is_template_database(pg::current_database()) {
+        UserError::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "cannot create or change a bgworker_rs job in template database \"{}\"",
+                pg::database_name(pg::current_database())
+            ),
+        )
+        .detail("No job scheduler runs in a template database: it would keep CREATE DATABASE from copying it.")
+        .hint("Create the job in another database; database => runs it elsewhere.")
         .raise();
     }
 }
@@ -453,7 +471,7 @@ fn bgw_cancel(job: Option<i64>) -> bool {
 /// Cancels a job the caller may manage: its run in progress is stopped, a
 /// queued one never starts, and no more come.
 pub(super) fn cancel(job: i64) -> bool {
-    let stopped = match job_slots::request_cancel(job) {
+    let stopped = match job_slots::request_cancel(pg::current_database().to_u32(), job) {
         Some(handle) => {
             if let Some(handle) = handle {
                 pg::terminate_worker(handle);
@@ -520,5 +538,5 @@ COMMENT ON FUNCTION bgw_job_pid(int8) IS
 'The pid of the worker running job now, or NULL; used by the view bgw_jobs.';
 "#)]
 fn bgw_job_pid(job: i64) -> Option<i32> {
-    job_slots::running_pid(job)
+    job_slots::running_pid(pg::current_database().to_u32(), job)
 }

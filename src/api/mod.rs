@@ -8,3 +8,4 @@ pub mod jobs;
 pub mod launch;
 pub mod manage;
 pub mod schedules;
+pub mod utility;

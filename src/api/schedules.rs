@@ -133,9 +133,9 @@ fn bgw_schedule(
     let _ = args::bounded(Some(retry_delay), "retry_delay", EVERY_MAX, EVERY_MAX_TEXT);
     let (schedule, timezone, next) = checked_schedule(schedule, timezone);
     require_writable_jobs();
-    let database = database.map_or_else(pg::current_database, launch::resolve_database);
+    let (database, database_name, target) = jobs::target_database(database);
     let role = role.map_or_else(pg::current_user, launch::resolve_role);
-    access::check_permissions(database, role, 0);
+    access::check_permissions(target, role, 0);
     let me = pg::current_user();
 
     // One statement, so that two sessions scheduling one name meet at the
@@ -169,7 +169,7 @@ fn bgw_schedule(
                     name.into(),
                     sql.into(),
                     database.into(),
-                    pg::database_name(database).into(),
+                    database_name.into(),
                     role.into(),
                     schedule.as_str().into(),
                     timezone.as_str().into(),
@@ -223,7 +223,9 @@ fn current(job: i64) -> Current {
         Ok(Current {
             schedule: row.get::<String>(1)?,
             timezone: row.get::<String>(2)?,
-            database: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+            database: row
+                .get::<pg_sys::Oid>(3)?
+                .unwrap_or_else(pg::current_database),
             role: row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
             active: row.get::<bool>(5)?.unwrap_or(true),
         })

@@ -80,3 +80,88 @@ pub fn database_exists(database: pg_sys::Oid) -> bool {
     // SAFETY: returns NULL for an unknown OID.
     !unsafe { pg_sys::get_database_name(database) }.is_null()
 }
+
+/// A database as `pg_database` describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct Database {
+    pub oid: pg_sys::Oid,
+    /// Accepts connections, is not a template, and is not left invalid by
+    /// an interrupted `DROP DATABASE`.
+    pub connectable: bool,
+}
+
+/// `datconnlimit` of a database an interrupted `DROP DATABASE` left
+/// invalid (`DATCONNLIMIT_INVALID_DB`, PostgreSQL 15.4 and later).
+const DATCONNLIMIT_INVALID_DB: i32 = -2;
+
+/// Every database, from a scan of the shared catalog `pg_database`, for a
+/// process connected to no database (which cannot plan a query), as
+/// autovacuum's launcher does. Inside a transaction.
+pub fn databases() -> Vec<Database> {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    let mut found = Vec::new();
+    // SAFETY: inside a transaction; pg_database is a shared catalog any
+    // backend may open. Each tuple heap_getnext returns is valid until the
+    // next call, and its fixed-width fields start at t_hoff, where
+    // FormData_pg_database describes them (GETSTRUCT).
+    unsafe {
+        let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
+        let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+        loop {
+            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+            if tuple.is_null() {
+                break;
+            }
+            let header = (*tuple).t_data;
+            let form = header
+                .cast::<u8>()
+                .add((*header).t_hoff as usize)
+                .cast::<pg_sys::FormData_pg_database>();
+            found.push(Database {
+                oid: (*form).oid,
+                connectable: (*form).datallowconn
+                    && !(*form).datistemplate
+                    && (*form).datconnlimit != DATCONNLIMIT_INVALID_DB,
+            });
+        }
+        pg_sys::heap_endscan(scan);
+        pg_sys::table_close(rel, lock);
+    }
+    found
+}
+
+/// `datdba` and `datistemplate` of a database; `None` for an unknown OID.
+fn database_form(database: pg_sys::Oid) -> Option<(pg_sys::Oid, bool)> {
+    // SAFETY: a syscache look-up inside a transaction; the tuple, if any, is
+    // released before we return, and its fixed-width fields start at t_hoff
+    // (GETSTRUCT).
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::DATABASEOID as std::os::raw::c_int,
+            pg_sys::Datum::from(database),
+        );
+        if tuple.is_null() {
+            return None;
+        }
+        let header = (*tuple).t_data;
+        let form = header
+            .cast::<u8>()
+            .add((*header).t_hoff as usize)
+            .cast::<pg_sys::FormData_pg_database>();
+        let found = ((*form).datdba, (*form).datistemplate);
+        pg_sys::ReleaseSysCache(tuple);
+        Some(found)
+    }
+}
+
+/// Is `database` a template (`datistemplate`)? False for an unknown OID.
+pub fn is_template_database(database: pg_sys::Oid) -> bool {
+    database_form(database).is_some_and(|(_, template)| template)
+}
+
+/// May the current user act as `database`'s owner (PostgreSQL's ownership
+/// check: a superuser, or a role with the owner's privileges)?
+pub fn owns_database(database: pg_sys::Oid) -> bool {
+    database_form(database)
+        .is_some_and(|(owner, _)| is_superuser() || has_privs_of_role(current_user(), owner))
+}

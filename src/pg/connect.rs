@@ -16,6 +16,9 @@ pub enum Connection<'a> {
         database: pg_sys::Oid,
         role: pg_sys::Oid,
     },
+    /// To no database, as the bootstrap superuser: only shared catalogs can
+    /// be read (the job launcher, like autovacuum's).
+    NoDatabase,
 }
 
 /// `BackgroundWorkerInitializeConnection[ByOid]` with connection flags.
@@ -33,6 +36,11 @@ pub fn connect(target: &Connection<'_>, flags: u32) {
         // SAFETY: as above; invalid OIDs are reported by PostgreSQL itself.
         Connection::Oids { database, role } => unsafe {
             pg_sys::BackgroundWorkerInitializeConnectionByOid(*database, *role, flags)
+        },
+        // SAFETY: NULL database and role are documented to connect to no
+        // database as the bootstrap superuser.
+        Connection::NoDatabase => unsafe {
+            pg_sys::BackgroundWorkerInitializeConnection(std::ptr::null(), std::ptr::null(), flags)
         },
     }
 }

@@ -1,15 +1,20 @@
 //! Job slots: one per job run in progress, in shared memory, sized by
-//! `bgworker_rs.max_jobs`. The scheduler fills a slot with the statement,
+//! `bgworker_rs.max_jobs`, shared by the schedulers of every database. A
+//! scheduler fills a slot with the statement,
 //! the run's worker (connected to another database, maybe) reads it there and
 //! leaves its outcome, and the scheduler records that outcome in
 //! `bgw_job_runs`. Tables cannot be shared across databases; this can.
 //!
+//! A slot belongs to the database that keeps the job (`home`): job ids are
+//! per database. Free slots go to the databases fairly (see [`reserve`]).
+//!
 //! Waiters in `bgw_result()` sleep on one condition variable, broadcast each
-//! time the scheduler has committed outcomes.
+//! time a scheduler has committed outcomes.
 
 use crate::pg::{self, CapturedError, RawHandle, SharedArray, SharedCondVar};
 use crate::settings;
 use crate::shmem::registry::Ticket;
+use crate::shmem::schedulers;
 
 /// Longest statement a job may have, in bytes.
 pub const SQL_MAX: usize = 8192;
@@ -66,6 +71,8 @@ pub struct Slot {
     pub cancel_requested: bool,
     pub has_handle: bool,
     pub status: Status,
+    /// The database that keeps the job, whose scheduler owns this slot.
+    pub home: u32,
     pub job: i64,
     pub run: i32,
     pub pid: i32,
@@ -111,6 +118,7 @@ impl Default for Slot {
             cancel_requested: false,
             has_handle: false,
             status: Status::Succeeded,
+            home: 0,
             job: 0,
             run: 0,
             pid: 0,
@@ -201,6 +209,7 @@ fn copy_cut(text: &str, into: &mut [u8]) -> usize {
 
 /// What the scheduler hands to a run.
 pub struct Run<'a> {
+    pub home: u32,
     pub job: i64,
     pub run: i32,
     pub database: u32,
@@ -252,16 +261,49 @@ pub fn is_available() -> bool {
     SLOTS.is_attached()
 }
 
-/// The scheduler takes a free slot for a run; `None` when all are busy.
+/// May `home` take a free slot while the databases in `waiting` (with
+/// since when) wait for one? Not while one of them has fewer slots in use,
+/// nor the same number and waited longer: the slots are shared out evenly
+/// between the databases that want them, and no database can hold them all
+/// while another's runs wait.
+fn fair(slots: &[Slot], home: u32, waiting: &[(u32, i64)]) -> bool {
+    let used = |db: u32| {
+        slots
+            .iter()
+            .filter(|s| s.state != SlotState::Free && s.home == db)
+            .count()
+    };
+    let mine = used(home);
+    let my_since = waiting
+        .iter()
+        .find(|(db, _)| *db == home)
+        .map_or(0, |(_, since)| *since);
+    waiting
+        .iter()
+        .filter(|(db, since)| *db != home && *since != 0)
+        .all(|(db, since)| {
+            let theirs = used(*db);
+            theirs > mine || (theirs == mine && my_since != 0 && my_since <= *since)
+        })
+}
+
+/// A scheduler takes a free slot for a run; `None` when all are busy, or
+/// when the free one is another waiting database's turn.
 pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
     if run.sql.len() > SQL_MAX {
         return None; // bgw_run refuses longer statements
     }
+    // Read first, so that the two locks are never held together.
+    let waiting = schedulers::waiting();
     SLOTS.write(|slots| {
+        if !fair(slots, run.home, &waiting) {
+            return None;
+        }
         let i = slots.iter().position(|s| s.state == SlotState::Free)?;
         let s = &mut slots[i];
         *s = Slot::default();
         s.state = SlotState::Reserved;
+        s.home = run.home;
         s.job = run.job;
         s.run = run.run;
         s.database = run.database;
@@ -286,10 +328,31 @@ pub fn set_launched(i: usize, handle: RawHandle) {
     });
 }
 
+/// Whose run a worker reports on: a slot taken from it (its scheduler
+/// left) and given to another run is never written to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunId {
+    pub home: u32,
+    pub job: i64,
+    pub run: i32,
+}
+
+impl Slot {
+    pub fn run_id(&self) -> RunId {
+        RunId {
+            home: self.home,
+            job: self.job,
+            run: self.run,
+        }
+    }
+}
+
 /// Leaves the outcome of slot `i`, unless one is there already.
-pub fn finish(i: usize, outcome: &Outcome) {
+pub fn finish(i: usize, id: RunId, outcome: &Outcome) {
     SLOTS.write(|slots| {
-        let Some(s) = slots.get_mut(i) else { return };
+        let Some(s) = slots.get_mut(i).filter(|s| s.run_id() == id) else {
+            return;
+        };
         if matches!(s.state, SlotState::Free | SlotState::Done) {
             return;
         }
@@ -318,9 +381,11 @@ pub fn finish(i: usize, outcome: &Outcome) {
 /// A run worker notes its progress: the statements finished so far (JSON)
 /// and the one it starts now, so that a run stopped by a signal, which
 /// leaves no outcome, is still recorded with them.
-pub fn report_progress(i: usize, statements: &str, position: i32, text: &str) {
+pub fn report_progress(i: usize, id: RunId, statements: &str, position: i32, text: &str) {
     SLOTS.write(|slots| {
-        let Some(s) = slots.get_mut(i) else { return };
+        let Some(s) = slots.get_mut(i).filter(|s| s.run_id() == id) else {
+            return;
+        };
         if s.state != SlotState::Launched && s.state != SlotState::Reserved {
             return;
         }
@@ -330,12 +395,35 @@ pub fn report_progress(i: usize, statements: &str, position: i32, text: &str) {
     });
 }
 
-pub fn free(i: usize, job: i64, run: i32) {
+/// Frees slot `i` if it still holds run `id`, and wakes the schedulers
+/// waiting for one.
+pub fn free(i: usize, id: RunId) {
     SLOTS.write(|slots| {
-        if let Some(s) = slots.get_mut(i).filter(|s| s.job == job && s.run == run) {
+        if let Some(s) = slots.get_mut(i).filter(|s| s.run_id() == id) {
             *s = Slot::default();
         }
     });
+    schedulers::wake_waiting(id.home);
+}
+
+/// The scheduler of `home` is gone for good (its database or extension
+/// went away): its runs are stopped and their slots freed, since nobody
+/// could record them. Returns how many.
+pub fn abandon(home: u32) -> usize {
+    let taken: Vec<Slot> = SLOTS.write(|slots| {
+        slots
+            .iter_mut()
+            .filter(|s| s.state != SlotState::Free && s.home == home)
+            .map(std::mem::take)
+            .collect()
+    });
+    for s in taken.iter().filter(|s| s.has_handle) {
+        pg::terminate_worker(s.handle);
+    }
+    if !taken.is_empty() {
+        schedulers::wake_waiting(home);
+    }
+    taken.len()
 }
 
 /// A copy of slot `i` if it is in use.
@@ -348,18 +436,18 @@ pub fn get_done(slot: &Slot) -> Option<Slot> {
     SLOTS.read(|slots| {
         slots
             .iter()
-            .find(|s| s.job == slot.job && s.run == slot.run && s.state == SlotState::Done)
+            .find(|s| s.run_id() == slot.run_id() && s.state == SlotState::Done)
             .copied()
     })
 }
 
-/// The slots in use, with their positions.
-pub fn busy() -> Vec<(usize, Slot)> {
+/// The slots in use by `home`'s runs, with their positions.
+pub fn busy(home: u32) -> Vec<(usize, Slot)> {
     SLOTS.read(|slots| {
         slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state != SlotState::Free)
+            .filter(|(_, s)| s.state != SlotState::Free && s.home == home)
             .map(|(i, s)| (i, *s))
             .collect()
     })
@@ -378,28 +466,32 @@ pub fn take_for_worker(registry: Ticket) -> Option<(usize, Slot)> {
     })
 }
 
-/// The pid of job `job`'s run in progress.
-pub fn running_pid(job: i64) -> Option<i32> {
+/// The pid of job `job`'s (kept in `home`) run in progress.
+pub fn running_pid(home: u32, job: i64) -> Option<i32> {
     if !is_available() {
         return None;
     }
     SLOTS.read(|slots| {
         slots
             .iter()
-            .find(|s| s.job == job && s.state == SlotState::Launched && s.pid != 0)
+            .find(|s| {
+                s.home == home && s.job == job && s.state == SlotState::Launched && s.pid != 0
+            })
             .map(|s| s.pid)
     })
 }
 
 /// `bgw_cancel()`: marks job `job`'s run in progress as cancelled and
 /// returns its worker handle, to be terminated.
-pub fn request_cancel(job: i64) -> Option<Option<RawHandle>> {
+pub fn request_cancel(home: u32, job: i64) -> Option<Option<RawHandle>> {
     if !is_available() {
         return None;
     }
     SLOTS.write(|slots| {
         let s = slots.iter_mut().find(|s| {
-            s.job == job && matches!(s.state, SlotState::Reserved | SlotState::Launched)
+            s.home == home
+                && s.job == job
+                && matches!(s.state, SlotState::Reserved | SlotState::Launched)
         })?;
         s.cancel_requested = true;
         Some(s.has_handle.then_some(s.handle))

@@ -12,10 +12,14 @@ pub enum Kind {
     Dynamic,
     /// Read-only, also on a hot standby (`bgworker_rs.monitor`).
     Monitor,
-    /// Starts the runs of SQL jobs (`bgworker_rs.max_jobs` > 0).
+    /// Starts the runs of the SQL jobs kept in one database; started by
+    /// the launcher, index = its place in the table of schedulers.
     Scheduler,
-    /// One run of a SQL job, started by the scheduler; index = job id.
+    /// One run of a SQL job, started by a scheduler; index = job id.
     Job,
+    /// Starts a scheduler in each database that has active jobs
+    /// (`bgworker_rs.max_jobs` > 0); connected to no database.
+    Launcher,
 }
 
 impl Kind {
@@ -26,6 +30,7 @@ impl Kind {
             Kind::Monitor => "monitor",
             Kind::Scheduler => "scheduler",
             Kind::Job => "job",
+            Kind::Launcher => "launcher",
         }
     }
 
@@ -36,6 +41,7 @@ impl Kind {
             Kind::Monitor => "bgworker_rs monitor".to_string(),
             Kind::Scheduler => "bgworker_rs job scheduler".to_string(),
             Kind::Job => format!("bgworker_rs job {index}"),
+            Kind::Launcher => "bgworker_rs job launcher".to_string(),
         }
     }
 
@@ -46,6 +52,7 @@ impl Kind {
             Kind::Monitor => "bgworker_rs monitor",
             Kind::Scheduler => "bgworker_rs job scheduler",
             Kind::Job => "bgworker_rs job",
+            Kind::Launcher => "bgworker_rs job launcher",
         }
     }
 
@@ -58,6 +65,14 @@ impl Kind {
             Kind::Monitor => 1,
             Kind::Scheduler => 2,
             Kind::Job => 3,
+            Kind::Launcher => 4,
         }
+    }
+
+    /// Indexes are unique in the family. Not so for schedulers and runs:
+    /// job ids are per database, so two databases' job 1 may run at once,
+    /// each run with an entry of its own.
+    pub fn unique_index(self) -> bool {
+        !matches!(self, Kind::Scheduler | Kind::Job)
     }
 }

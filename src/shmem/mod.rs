@@ -9,5 +9,6 @@ pub mod job_slots;
 mod kind;
 pub mod registry;
 mod registry_crash;
+pub mod schedulers;
 
 pub use kind::Kind;

@@ -67,11 +67,9 @@ fn is_stale_start(e: &Entry) -> bool {
 /// Picks a slot for `index` in the family of `kind`: the entry it already
 /// has, else a free one, else the longest-stopped one.
 fn pick_slot(entries: &[Entry], kind: Kind, index: i32) -> Result<usize, ClaimError> {
-    if let Some((i, e)) = entries
-        .iter()
-        .enumerate()
-        .find(|(_, e)| e.in_use && e.index == index && e.kind.family() == kind.family())
-    {
+    if let Some((i, e)) = entries.iter().enumerate().find(|(_, e)| {
+        kind.unique_index() && e.in_use && e.index == index && e.kind.family() == kind.family()
+    }) {
         if e.state.is_active() && !is_stale_start(e) {
             return Err(ClaimError::IndexInUse {
                 pid: e.shown_pid(),

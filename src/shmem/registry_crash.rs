@@ -63,6 +63,7 @@ fn decode(b: &[u8]) -> Option<Entry> {
         2 => Kind::Monitor,
         3 => Kind::Scheduler,
         4 => Kind::Job,
+        5 => Kind::Launcher,
         _ => return None,
     };
     let state = match u8_at(offset_of!(Entry, state))? {

@@ -3,6 +3,7 @@
 //! it may use `shmem`, `store`, `access` and `settings`, never `api`.
 
 pub mod job_run;
+pub mod launcher;
 pub mod monitor;
 pub mod registration;
 pub mod scheduler;

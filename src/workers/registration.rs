@@ -17,6 +17,7 @@ pub const MAIN_FUNCTION: &str = "bgworker_rs_main";
 pub const MONITOR_FUNCTION: &str = "bgworker_rs_monitor_main";
 pub const SCHEDULER_FUNCTION: &str = "bgworker_rs_scheduler_main";
 pub const JOB_FUNCTION: &str = "bgworker_rs_job_main";
+pub const LAUNCHER_FUNCTION: &str = "bgworker_rs_launcher_main";
 
 /// `bgw_extra` is 128 bytes and read back as a NUL-terminated string.
 const EXTRA_CAPACITY: usize = 127;
@@ -80,6 +81,7 @@ fn template(index: i32, kind: Kind) -> BackgroundWorkerBuilder {
         Kind::Static | Kind::Dynamic => builder.set_function(MAIN_FUNCTION),
         Kind::Scheduler => builder.set_function(SCHEDULER_FUNCTION),
         Kind::Job => builder.set_function(JOB_FUNCTION),
+        Kind::Launcher => builder.set_function(LAUNCHER_FUNCTION),
         // Read-only: may start as soon as a standby is consistent.
         Kind::Monitor => builder
             .set_function(MONITOR_FUNCTION)
@@ -103,14 +105,12 @@ pub fn register_static_workers() {
         template(0, Kind::Monitor).set_restart_time(restart).load();
     }
     if settings::MAX_JOBS.get() > 0 {
-        template(0, Kind::Scheduler)
-            .set_restart_time(restart)
-            .load();
+        template(0, Kind::Launcher).set_restart_time(restart).load();
     }
 }
 
-/// Registers one dynamic worker (`Kind::Dynamic` or `Kind::Job`) that
-/// reports its start and exit to us. It is restarted `restart_after` a
+/// Registers one dynamic worker (`Kind::Dynamic`, `Kind::Scheduler` or
+/// `Kind::Job`) that reports its start and exit to us. It is restarted `restart_after` a
 /// failure, or never. `None`: no free slot.
 pub fn register_dynamic_worker(
     kind: Kind,

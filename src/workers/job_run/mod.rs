@@ -52,6 +52,7 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
     );
     registry::report_running();
 
+    let id = job.run_id();
     let progress = RefCell::new(Progress::default());
     // Before any timer is armed: when the run's fires, at least the timeout
     // has passed since `started`, so a timeout is never taken for a cancel.
@@ -63,7 +64,16 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
         timeout_ms: job.timeout_ms,
     };
     pg::inspect_error(
-        || script::run(slot, &job.sql(), job.atomic, job.gexec, &limits, &progress),
+        || {
+            script::run(
+                (slot, id),
+                &job.sql(),
+                job.atomic,
+                job.gexec,
+                &limits,
+                &progress,
+            )
+        },
         // The outcome, taken where the error is raised; the error then
         // ends the worker as in any background worker.
         |e| {
@@ -72,13 +82,14 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
                 Ok(p) => failure(e, ran, job.timeout_ms, &p),
                 Err(_) => failure(e, ran, job.timeout_ms, &Progress::default()),
             };
-            job_slots::finish(slot, &failed);
+            job_slots::finish(slot, id, &failed);
         },
     );
 
     let progress = progress.into_inner();
     job_slots::finish(
         slot,
+        id,
         &Outcome {
             status: Status::Succeeded,
             rows: progress.rows,

@@ -90,7 +90,7 @@ fn cut(text: &str, max: usize) -> &str {
 
 /// Runs the job's script and, with `gexec`, the statements it generated.
 pub fn run(
-    slot: usize,
+    slot: (usize, job_slots::RunId),
     sql: &str,
     atomic: bool,
     gexec: bool,
@@ -110,7 +110,8 @@ pub fn run(
 }
 
 struct Run<'a> {
-    slot: usize,
+    /// The job slot, and whose run it holds.
+    slot: (usize, job_slots::RunId),
     limits: &'a Limits,
     progress: &'a RefCell<Progress>,
     /// The last statement's position.
@@ -207,7 +208,7 @@ impl Run<'_> {
         let mut p = self.progress.borrow_mut();
         p.position = position;
         p.text = cut(text.trim(), STATEMENT_TEXT_MAX).to_string();
-        job_slots::report_progress(self.slot, &p.statements(), position, &p.text);
+        job_slots::report_progress(self.slot.0, self.slot.1, &p.statements(), position, &p.text);
     }
 
     /// Commits; an error raised then (a deferred constraint) is the

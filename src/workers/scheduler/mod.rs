@@ -1,8 +1,9 @@
-//! The job scheduler: a static worker (when `bgworker_rs.max_jobs` > 0)
-//! connected to `bgworker_rs.database`, where the jobs are kept. Each time it
-//! wakes (a job committed or cancelled, a run's worker exited, a run due) it
-//! does one transaction, with the extension's tables through `store` (pinned
-//! path, the extension owner's rights):
+//! A job scheduler: a dynamic worker the launcher starts for one database
+//! that has active jobs, connected to it as the bootstrap superuser; the
+//! database's jobs are kept there. Each time it wakes (a job committed or
+//! cancelled, a run's worker exited, a run due, a slot freed) it does one
+//! transaction, with the extension's tables through `store` (pinned path,
+//! the extension owner's rights):
 //! 1. the first time, marks runs that a crash or restart left unfinished as
 //!    failed;
 //! 2. cancels jobs whose role, creator or database was dropped (a database
@@ -11,9 +12,9 @@
 //! 3. records the outcomes its run workers left in the job slots
 //!    (`outcomes`);
 //! 4. queues a run of each job whose tick or retry is due, and starts
-//!    queued runs in due-time order while slots are free (`starts`), at
-//!    most 64 of each a wake: a run row, a job slot, a registry entry, then
-//!    (after commit) a dynamic worker;
+//!    queued runs in due-time order while slots are free and it is this
+//!    database's turn (`starts`), at most 64 of each a wake: a run row, a
+//!    job slot, a registry entry, then (after commit) a dynamic worker;
 //! 5. finishes one-shot jobs whose run is over;
 //! 6. now and then, prunes the history of runs (`history`).
 //!
@@ -22,6 +23,11 @@
 //! run, a row a client holds locked is skipped until the next wake, and no
 //! job can make the scheduler exit. It then wakes `bgw_result()` waiters
 //! and sleeps until the next run is due.
+//!
+//! It leaves when its database has had no active job for `LINGER` (nothing
+//! scheduled and active, queued, running or left to count), and at once,
+//! with a log line, when the extension is dropped or is another version,
+//! or the database stops accepting connections or becomes a template.
 
 mod history;
 mod outcomes;
@@ -29,8 +35,10 @@ mod starts;
 
 use crate::pg::{self, Connection};
 use crate::settings;
-use crate::shmem::{Kind, job_slots, registry};
-use crate::store::{self, SpiResult, Tables};
+use crate::shmem::job_slots::{self, RunId};
+use crate::shmem::{Kind, registry, schedulers};
+use crate::store::{self, Found, SpiResult, Tables};
+use crate::workers::registration::ConnectArgs;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::collections::HashMap;
@@ -38,29 +46,56 @@ use std::time::{Duration, Instant};
 
 /// Longest sleep between two looks at the tables, in case a wake-up was lost.
 const MAX_SLEEP_MS: i64 = 60_000;
-/// Sleep after a wake that left work for later (a locked row, an error).
+/// Sleep after a wake that left work for later (a locked row, an error),
+/// and longest sleep while runs wait for a slot another database frees.
 const RETRY_MS: i64 = 1_000;
 /// How long a job the scheduler could not handle at all is left alone.
 const QUARANTINE: Duration = Duration::from_secs(60);
 /// How long the scheduler waits for a lock before it leaves the work for
 /// the next wake; row locks are skipped without waiting.
 const LOCK_TIMEOUT: &std::ffi::CStr = c"1s";
+/// How long a scheduler with nothing to do stays, so that jobs created one
+/// after the other do not each start one.
+const LINGER: Duration = Duration::from_secs(5);
+
+/// A run of this database's jobs.
+fn run_id(job: i64, run: i32) -> RunId {
+    RunId {
+        home: pg::current_database().to_u32(),
+        job,
+        run,
+    }
+}
 
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
+pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
+    // The launcher passes its entry's place + 1 and, in bgw_extra, the
+    // database and the registry entry it claimed.
+    let index = main_arg.value() as i32;
+    let Some(args) = ConnectArgs::of_this_worker() else {
+        ereport!(
+            FATAL,
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "a bgworker_rs job scheduler needs its bgw_extra"
+        );
+    };
+    let entry = (index - 1).max(0) as usize;
     pg::capture_errors();
-    registry::enter(Kind::Scheduler, 0, 0, 0, None);
+    registry::enter(Kind::Scheduler, index, args.database, 0, Some(args.ticket));
     pg::install_signal_handlers();
-    // As the bootstrap superuser, so that it can read every role and
-    // database; its SQL runs with the extension owner's rights (`store`).
-    let database = settings::DATABASE
-        .get()
-        .unwrap_or_else(|| c"postgres".to_owned());
+    if !schedulers::attach(entry, args.database) {
+        log!("bgworker_rs job scheduler: its entry was taken back; exiting");
+        pg::exit_quietly();
+    }
+    // As the bootstrap superuser (InvalidOid), so that it can read every
+    // role and database; its SQL runs with the extension owner's rights
+    // (`store`). A database that was dropped meanwhile, or does not accept
+    // connections, ends the worker here with PostgreSQL's own FATAL.
     pg::connect(
-        &Connection::Names {
-            database: &database,
-            role: None,
+        &Connection::Oids {
+            database: args.database.into(),
+            role: pg_sys::InvalidOid,
         },
         0,
     );
@@ -68,30 +103,41 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
     pg::pin_search_path_for_process();
     pg::set_option_for_process(c"lock_timeout", LOCK_TIMEOUT);
     registry::report_running();
-    log!(
-        "bgworker_rs job scheduler started in database \"{}\" with {} job slots",
-        database.to_string_lossy(),
-        settings::MAX_JOBS.get()
-    );
 
     let mut state = State {
         first: true,
         quarantine: HashMap::new(),
         requeue: Vec::new(),
         pruned: None,
+        idle_since: None,
+        announced: false,
     };
     loop {
+        schedulers::begin_wake(entry);
         let outcome = pg::in_transaction(c"bgworker_rs job scheduler", || {
-            pg::in_subtransaction(|| tick(&mut state))
+            pg::in_subtransaction(|| wake(&mut state))
         });
         let sleep_ms = match outcome {
-            Ok(Ok(tick)) => {
+            Ok(Ok(Step::Leave(why))) => leave(entry, &why),
+            Ok(Ok(Step::Ticked(tick))) => {
+                if !state.announced {
+                    state.announced = true;
+                    schedulers::set_running(entry);
+                    if !tick.idle {
+                        log!(
+                            "bgworker_rs job scheduler started for database \"{}\" ({} job slots in all)",
+                            tick.database,
+                            settings::MAX_JOBS.get()
+                        );
+                    }
+                }
                 for (slot, job, run) in &tick.recorded {
-                    job_slots::free(*slot, *job, *run);
+                    job_slots::free(*slot, run_id(*job, *run));
                 }
                 job_slots::announce_recorded();
                 let requeue = starts::launch(&tick.launches);
-                if tick.slots_full && !tick.recorded.is_empty() {
+                schedulers::set_waiting(entry, tick.slots_full || !requeue.is_empty());
+                let ms = if tick.slots_full && !tick.recorded.is_empty() {
                     // The slots of the runs just recorded are free only
                     // now: start the queued runs at once.
                     state.requeue.extend(requeue);
@@ -103,8 +149,10 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
                     RETRY_MS
                 } else if tick.more {
                     0
-                } else if tick.retry {
-                    // Never a busy loop over what is locked or failing.
+                } else if tick.retry || tick.slots_full {
+                    // Never a busy loop over what is locked or failing; a
+                    // slot another database frees wakes us, but look again
+                    // soon in case that wake was lost.
                     if tick.next_due_ms <= 0 {
                         RETRY_MS
                     } else {
@@ -112,6 +160,24 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
                     }
                 } else {
                     tick.next_due_ms.clamp(0, MAX_SLEEP_MS)
+                };
+                if tick.idle && state.requeue.is_empty() {
+                    let since = *state.idle_since.get_or_insert_with(Instant::now);
+                    match LINGER.checked_sub(since.elapsed()) {
+                        Some(left) if !left.is_zero() => ms.min(left.as_millis() as i64 + 1),
+                        _ if schedulers::try_leave(entry) => {
+                            debug1!(
+                                "bgworker_rs job scheduler for database \"{}\": no active job; leaving",
+                                tick.database
+                            );
+                            pg::exit_quietly();
+                        }
+                        // A job committed meanwhile: look again at once.
+                        _ => 0,
+                    }
+                } else {
+                    state.idle_since = None;
+                    ms
                 }
             }
             // Not one job's fault (those are handled inside): the tables
@@ -134,6 +200,48 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(_main_arg: pg_sys::Datum) {
     }
 }
 
+/// Why a scheduler leaves at once.
+enum Leave {
+    /// The extension is not installed: `true` if it was when this
+    /// scheduler started (it was dropped).
+    NoExtension(bool),
+    /// The extension is another version (the library was upgraded).
+    OtherVersion(String),
+    /// The database no longer accepts connections, or became a template.
+    Database(String, &'static str),
+}
+
+/// Leaves for good: the runs in progress are stopped and their slots
+/// freed (nobody could record them; the next scheduler here marks them
+/// failed), and the entry is left for the launcher to free.
+fn leave(entry: usize, why: &Leave) -> ! {
+    let here = pg::current_database().to_u32();
+    let stopped = job_slots::abandon(here);
+    schedulers::leave(entry);
+    let runs = if stopped > 0 {
+        format!("; {stopped} run(s) in progress stopped")
+    } else {
+        String::new()
+    };
+    match why {
+        // A database without the extension, looked at once: no news.
+        Leave::NoExtension(false) if stopped == 0 => debug1!(
+            "bgworker_rs job scheduler: extension \"bgworker_rs\" is not installed in database with OID {here}; leaving"
+        ),
+        Leave::NoExtension(_) => log!(
+            "bgworker_rs job scheduler: extension \"bgworker_rs\" was dropped from database with OID {here}; leaving{runs}"
+        ),
+        Leave::OtherVersion(v) => log!(
+            "bgworker_rs job scheduler: extension \"bgworker_rs\" in database with OID {here} is version {v}, the library {}; its jobs wait for ALTER EXTENSION bgworker_rs UPDATE{runs}",
+            store::VERSION
+        ),
+        Leave::Database(name, what) => {
+            log!("bgworker_rs job scheduler: database \"{name}\" {what}; leaving{runs}")
+        }
+    }
+    pg::exit_quietly();
+}
+
 /// What the scheduler keeps from one wake to the next.
 struct State {
     /// No wake has completed yet: look for runs a crash left unfinished.
@@ -145,6 +253,11 @@ struct State {
     requeue: Vec<(i64, i32)>,
     /// When the history was last pruned.
     pruned: Option<Instant>,
+    /// Since when the database has had no active job.
+    idle_since: Option<Instant>,
+    /// A first wake completed: the launcher was told, and the extension
+    /// was there.
+    announced: bool,
 }
 
 impl State {
@@ -165,11 +278,65 @@ struct Tick {
     retry: bool,
     /// A batch was full: more is due now, come back at once.
     more: bool,
-    /// A queued run found no free slot.
+    /// A queued run found no free slot (or it was another database's turn).
     slots_full: bool,
+    /// No job is active: nothing scheduled and active, queued, running or
+    /// left to count.
+    idle: bool,
+    /// The database's name, for the log.
+    database: String,
 }
 
-fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
+enum Step {
+    Ticked(Tick),
+    Leave(Leave),
+}
+
+/// One wake: the database is still one to serve, then one tick.
+fn wake(state: &mut State) -> Result<Step, pg::CapturedError> {
+    let database = match database_state() {
+        Ok(Ok(name)) => name,
+        Ok(Err(leave)) => return Ok(Step::Leave(leave)),
+        Err(e) => {
+            return Err(pg::CapturedError::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32,
+                e.to_string(),
+            ));
+        }
+    };
+    tick(state, database)
+}
+
+/// This database's name, or why the scheduler must leave it.
+fn database_state() -> SpiResult<Result<String, Leave>> {
+    Spi::connect(|client| {
+        let table = client.select(
+            "SELECT datname::pg_catalog.text, datallowconn, datistemplate \
+               FROM pg_catalog.pg_database WHERE oid OPERATOR(pg_catalog.=) $1",
+            None,
+            &[pg::current_database().into()],
+        )?;
+        if table.is_empty() {
+            // Dropped under us: DROP DATABASE stops us first, so only by
+            // a path we do not know.
+            return Ok(Err(Leave::Database(
+                format!("with OID {}", pg::current_database().to_u32()),
+                "no longer exists",
+            )));
+        }
+        let row = table.first();
+        let name = row.get::<String>(1)?.unwrap_or_default();
+        if !row.get::<bool>(2)?.unwrap_or(false) {
+            return Ok(Err(Leave::Database(name, "no longer accepts connections")));
+        }
+        if row.get::<bool>(3)?.unwrap_or(false) {
+            return Ok(Err(Leave::Database(name, "is a template")));
+        }
+        Ok(Ok(name))
+    })
+}
+
+fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> {
     let tick = store::with_tables(|client, t| {
         let mut tick = Tick {
             recorded: Vec::new(),
@@ -178,8 +345,10 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
             retry: false,
             more: false,
             slots_full: false,
+            idle: false,
+            database,
         };
-        let busy = job_slots::busy();
+        let busy = job_slots::busy(pg::current_database().to_u32());
         if state.first {
             match pg::in_subtransaction(|| outcomes::mark_lost(client, t, &busy)) {
                 Ok(result) => {
@@ -228,19 +397,17 @@ fn tick(state: &mut State) -> Result<Tick, pg::CapturedError> {
             Ok(Ok(ms)) => tick.next_due_ms = ms,
             _ => tick.retry = true,
         }
+        let home = pg::current_database().to_u32();
+        tick.idle = !tick.retry
+            && !tick.more
+            && job_slots::busy(home).is_empty()
+            && matches!(pg::in_subtransaction(|| is_idle(client, t)), Ok(Ok(true)));
         Ok(tick)
     });
     match tick {
-        Ok(Some(tick)) => Ok(tick),
-        // CREATE EXTENSION has not run here yet.
-        Ok(None) => Ok(Tick {
-            recorded: Vec::new(),
-            launches: Vec::new(),
-            next_due_ms: settings::NAPTIME_MS.get().into(),
-            retry: false,
-            more: false,
-            slots_full: false,
-        }),
+        Ok(Found::Installed(tick)) => Ok(Step::Ticked(tick)),
+        Ok(Found::Missing) => Ok(Step::Leave(Leave::NoExtension(state.announced))),
+        Ok(Found::OtherVersion(v)) => Ok(Step::Leave(Leave::OtherVersion(v))),
         Err(e) => Err(pg::CapturedError::new(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR as i32,
             e.to_string(),
@@ -286,6 +453,27 @@ fn cancel_orphans(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<()> {
         );
     }
     Ok(())
+}
+
+/// Does the database have no active job: nothing scheduled and active,
+/// queued, or finished but not yet counted? (Runs in progress hold a job
+/// slot, which the caller looks at.)
+fn is_idle(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<bool> {
+    Ok(client
+        .update(
+            &format!(
+                "SELECT NOT EXISTS (SELECT FROM {defs} WHERE state = 'scheduled' AND active) \
+                    AND NOT EXISTS (SELECT FROM {runs} WHERE status = 'queued') \
+                    AND NOT EXISTS (SELECT FROM {runs} WHERE NOT counted)",
+                defs = t.defs,
+                runs = t.runs
+            ),
+            None,
+            &[],
+        )?
+        .first()
+        .get_one::<bool>()?
+        .unwrap_or(false))
 }
 
 /// Milliseconds until the next tick or retry of a job not in `skip`, or

@@ -362,8 +362,9 @@ struct Queued {
     id: i64,
     run: i32,
     sql: String,
-    database: pg_sys::Oid,
-    database_name: String,
+    /// `None`: the database that keeps the job, whatever its name now.
+    database: Option<pg_sys::Oid>,
+    database_name: Option<String>,
     role: pg_sys::Oid,
     created_by: pg_sys::Oid,
     timeout_ms: i64,
@@ -395,11 +396,11 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Start
         id,
         run: row.get::<i32>(1)?.unwrap_or(0),
         sql: row.get::<String>(2)?.unwrap_or_default(),
-        database: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+        database: row.get::<pg_sys::Oid>(3)?,
         role: row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
         created_by: row.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
         timeout_ms: row.get::<i64>(6)?.unwrap_or(0),
-        database_name: row.get::<String>(7)?.unwrap_or_default(),
+        database_name: row.get::<String>(7)?,
         atomic: row.get::<bool>(8)?.unwrap_or(true),
         gexec: row.get::<bool>(9)?.unwrap_or(false),
         cancelled: row.get::<bool>(10)?.unwrap_or(false),
@@ -503,11 +504,14 @@ enum Refused {
 fn prepare(q: &Queued) -> Result<Launch, Refused> {
     let gone =
         |what: String| Refused::Because(error(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, what));
-    if !pg::database_exists(q.database) || pg::database_name(q.database) != q.database_name {
+    let here = pg::current_database();
+    let target = q.database.unwrap_or(here);
+    if let Some(name) = q.database.and(q.database_name.as_ref())
+        && (!pg::database_exists(target) || &pg::database_name(target) != name)
+    {
         return Err(gone(format!(
-            "database \"{}\" with OID {} does not exist",
-            q.database_name,
-            q.database.to_u32()
+            "database \"{name}\" with OID {} does not exist",
+            target.to_u32()
         )));
     }
     for (role, what) in [(q.role, "the job's role"), (q.created_by, "its creator")] {
@@ -520,23 +524,24 @@ fn prepare(q: &Queued) -> Result<Launch, Refused> {
     }
     // The creator's rights are checked again before every run, so a job
     // never keeps privileges its creator has lost.
-    if access::check(q.created_by, q.database, q.role, 0).is_err() {
+    if access::check(q.created_by, target, q.role, 0).is_err() {
         return Err(Refused::Because(error(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!(
                 "role \"{}\" may no longer run jobs as role \"{}\" in database \"{}\"",
                 pg::role_name(q.created_by),
                 pg::role_name(q.role),
-                pg::database_name(q.database)
+                pg::database_name(target)
             ),
         )));
     }
 
     let index = store::registry_index(q.id);
-    let (database, role) = (q.database.to_u32(), q.role.to_u32());
+    let (database, role) = (target.to_u32(), q.role.to_u32());
     let ticket = registry::claim_for_launch(Kind::Job, index, database, role)
         .map_err(|_| Refused::NoSlot)?;
     let run = Run {
+        home: here.to_u32(),
         job: q.id,
         run: q.run,
         database,
@@ -577,7 +582,7 @@ pub(super) fn launch(launches: &[Launch]) -> Vec<(i64, i32)> {
             }
             None => {
                 registry::release(l.args.ticket);
-                job_slots::free(l.slot, l.job, l.run);
+                job_slots::free(l.slot, super::run_id(l.job, l.run));
                 requeue.push((l.job, l.run));
             }
         }

@@ -1,0 +1,141 @@
+//! The job launcher: a static worker (when `bgworker_rs.max_jobs` > 0)
+//! connected to no database, like autovacuum's launcher. It starts a job
+//! scheduler (`scheduler`) for each database that asks for one, and holds
+//! no database itself, so it never stands in the way of `DROP DATABASE`.
+//!
+//! - At its start (server start, or after a crash) every database that
+//!   accepts connections is looked at once: a scheduler starts there,
+//!   marks runs a crash left unfinished, and stays only if the database
+//!   has active jobs. At most `CHECKS_AT_ONCE` start at a time, so that 50
+//!   databases never take 50 worker slots at once.
+//! - A job committed where no scheduler runs asks for one (the table of
+//!   schedulers in shared memory, `shmem::schedulers`) and sets the
+//!   launcher's latch; the scheduler starts at once.
+//! - A scheduler that exits is noticed through `bgw_notify_pid`; if a job
+//!   committed meanwhile it starts again. The runs of a database that was
+//!   dropped are stopped and their slots freed.
+
+use crate::pg::{self, Connection};
+use crate::settings;
+use crate::shmem::{Kind, job_slots, registry, schedulers};
+use crate::workers::registration::{self, ConnectArgs};
+use pgrx::prelude::*;
+
+/// Schedulers starting (not through their first wake) at one time.
+const CHECKS_AT_ONCE: usize = 2;
+/// Look again this soon when a start found no free worker slot.
+const RETRY_MS: i64 = 1_000;
+/// Longest sleep, in case a notification was lost (the launcher restarted
+/// and its schedulers notify the old pid).
+const MAX_SLEEP_MS: i64 = 10_000;
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn bgworker_rs_launcher_main(_main_arg: pg_sys::Datum) {
+    pg::capture_errors();
+    registry::enter(Kind::Launcher, 0, 0, 0, None);
+    pg::install_signal_handlers();
+    pg::connect(&Connection::NoDatabase, 0);
+    registry::report_running();
+    log!(
+        "bgworker_rs job launcher started with {} job slots",
+        settings::MAX_JOBS.get()
+    );
+
+    let all = pg::in_transaction(c"bgworker_rs job launcher", pg::databases);
+    let connectable: Vec<u32> = all
+        .iter()
+        .filter(|d| d.connectable)
+        .map(|d| d.oid.to_u32())
+        .collect();
+    let left_out = schedulers::want_all(&connectable);
+    if left_out > 0 {
+        warning!(
+            "bgworker_rs job launcher: {left_out} database(s) not looked at: the table of schedulers is full (max_worker_processes)"
+        );
+    }
+
+    loop {
+        let sleep_ms = launch_wanted();
+        pg::wait_latch(sleep_ms, pg::worker_wait_event());
+        pg_sys::check_for_interrupts!();
+        pg::reload_config_if_requested();
+        registry::report_iteration();
+    }
+}
+
+/// Frees the entries of schedulers that exited and starts those wanted;
+/// returns how long to sleep.
+fn launch_wanted() -> i64 {
+    let (exited, _) = schedulers::reap();
+    let to_start = schedulers::take_to_start(CHECKS_AT_ONCE);
+    if exited.is_empty() && to_start.is_empty() {
+        return MAX_SLEEP_MS;
+    }
+    let databases = pg::in_transaction(c"bgworker_rs job launcher", pg::databases);
+    let connectable = |db: u32| {
+        databases
+            .iter()
+            .find(|d| d.oid.to_u32() == db)
+            .map(|d| d.connectable)
+    };
+    for db in exited {
+        if connectable(db).is_none() {
+            // Dropped: nobody can record its runs any more.
+            let stopped = job_slots::abandon(db);
+            if stopped > 0 {
+                log!(
+                    "bgworker_rs job launcher: database with OID {db} was dropped; {stopped} run(s) of its jobs stopped"
+                );
+            }
+        }
+    }
+    let mut sleep_ms = MAX_SLEEP_MS;
+    for (i, db) in to_start {
+        match connectable(db) {
+            Some(true) => {}
+            Some(false) => {
+                log!(
+                    "bgworker_rs job launcher: database with OID {db} does not accept connections or is a template; its jobs wait until it does"
+                );
+                schedulers::not_started(i, false);
+                continue;
+            }
+            None => {
+                schedulers::not_started(i, false);
+                continue;
+            }
+        }
+        if !start(i, db) {
+            schedulers::not_started(i, true);
+            sleep_ms = RETRY_MS;
+        }
+    }
+    sleep_ms
+}
+
+/// Registers the scheduler of entry `i`, for database `db`; false if no
+/// worker slot or registry entry is free.
+fn start(i: usize, db: u32) -> bool {
+    let index = i as i32 + 1;
+    let Ok(ticket) = registry::claim_for_launch(Kind::Scheduler, index, db, 0) else {
+        return false;
+    };
+    let args = ConnectArgs {
+        database: db,
+        role: 0,
+        flags: 0,
+        ticket,
+    };
+    match registration::register_dynamic_worker(Kind::Scheduler, index, args, None) {
+        Some(handle) => {
+            registry::set_handle(ticket, handle);
+            schedulers::set_handle(i, handle);
+            true
+        }
+        None => {
+            registry::release(ticket);
+            false
+        }
+    }
+}
