@@ -88,6 +88,8 @@ pub struct Database {
     /// Accepts connections, is not a template, and is not left invalid by
     /// an interrupted `DROP DATABASE`.
     pub connectable: bool,
+    /// Being dropped (or left half-dropped): `datconnlimit` says invalid.
+    pub invalid: bool,
 }
 
 /// `datconnlimit` of a database an interrupted `DROP DATABASE` left
@@ -122,6 +124,7 @@ pub fn databases() -> Vec<Database> {
                 connectable: (*form).datallowconn
                     && !(*form).datistemplate
                     && (*form).datconnlimit != DATCONNLIMIT_INVALID_DB,
+                invalid: (*form).datconnlimit == DATCONNLIMIT_INVALID_DB,
             });
         }
         pg_sys::heap_endscan(scan);

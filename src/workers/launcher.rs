@@ -73,10 +73,11 @@ fn launch_wanted() -> i64 {
         return MAX_SLEEP_MS;
     }
     let databases = pg::in_transaction(c"bgworker_rs job launcher", pg::databases);
+    // None: gone, or going (DROP DATABASE marks it invalid first).
     let connectable = |db: u32| {
         databases
             .iter()
-            .find(|d| d.oid.to_u32() == db)
+            .find(|d| d.oid.to_u32() == db && !d.invalid)
             .map(|d| d.connectable)
     };
     for db in exited {

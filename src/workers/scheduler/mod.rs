@@ -366,7 +366,10 @@ fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> 
         }
         match pg::in_subtransaction(|| cancel_orphans(client, t)) {
             Ok(result) => result?,
-            Err(_) => tick.retry = true,
+            Err(e) => {
+                warn_unless_locked("cancel the jobs of dropped roles and databases", &e);
+                tick.retry = true;
+            }
         }
         if !state.requeue.is_empty() {
             let runs = std::mem::take(&mut state.requeue);
@@ -415,6 +418,18 @@ fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> 
     }
 }
 
+/// A step of a wake failed: it is tried again at the next wake. A lock
+/// another session holds is expected now and then; anything else is news.
+fn warn_unless_locked(what: &str, e: &pg::CapturedError) {
+    if e.sqlstate() != "55P03" {
+        warning!(
+            "bgworker_rs job scheduler: cannot {what}: {} (SQLSTATE {}); trying again",
+            e.message,
+            e.sqlstate()
+        );
+    }
+}
+
 /// Jobs whose role, creator or database no longer exists never run again:
 /// a role created later with the same name is another identity. Rows a
 /// client holds locked wait for the next wake.
@@ -434,8 +449,9 @@ fn cancel_orphans(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<()> {
                     WHERE state = 'scheduled' \
                       AND (NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = d.created_by) \
                            OR NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = d.role) \
-                           OR NOT EXISTS (SELECT FROM pg_database db \
-                                           WHERE db.oid = d.database AND db.datname = d.database_name)) \
+                           OR (d.database IS NOT NULL \
+                               AND NOT EXISTS (SELECT FROM pg_database db \
+                                                WHERE db.oid = d.database AND db.datname = d.database_name))) \
                       FOR NO KEY UPDATE OF d SKIP LOCKED) \
                  UPDATE {defs} d SET state = 'cancelled', next_run_at = NULL, reason = orphan.why \
                    FROM orphan WHERE d.id = orphan.id RETURNING d.id, orphan.why",

@@ -1,0 +1,607 @@
+//! Jobs in every database: a scheduler per database with active jobs,
+//! started by the launcher, isolation between databases, fairness of the
+//! shared job slots, what DROP/RENAME DATABASE, ALLOW_CONNECTIONS and DROP
+//! EXTENSION do to a running scheduler, a restart, and the upgrade from
+//! 0.1.0.
+
+mod common;
+
+use common::jobs::*;
+use common::*;
+use postgres::Client;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+const BASE: &[&str] = &["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 8"];
+
+/// A cluster, and a connection to database postgres with the extension
+/// (for bgw_list()), which has no job.
+fn start(conf: &[&str]) -> (Cluster, Client) {
+    let cluster = Cluster::start(conf);
+    let mut admin = cluster.connect();
+    admin
+        .batch_execute("CREATE EXTENSION bgworker_rs")
+        .expect("CREATE EXTENSION");
+    (cluster, admin)
+}
+
+/// Creates database `name` with the extension, and connects to it.
+fn database(cluster: &Cluster, admin: &mut Client, name: &str) -> Client {
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+    let mut c = cluster.connect_as("postgres", name);
+    c.batch_execute("CREATE EXTENSION bgworker_rs")
+        .unwrap_or_else(|e| panic!("CREATE EXTENSION in {name}: {e}"));
+    c
+}
+
+/// The databases whose scheduler runs now, from bgw_list().
+fn schedulers(c: &mut Client) -> BTreeSet<String> {
+    c.query(
+        "SELECT database::text FROM bgw_list() \
+          WHERE kind = 'scheduler' AND pid IS NOT NULL AND state IN ('starting', 'running')",
+        &[],
+    )
+    .expect("bgw_list")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn names(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Waits until exactly the schedulers of `expected` run.
+fn wait_for_schedulers(c: &mut Client, expected: &[&str]) {
+    let want = names(expected);
+    let mut last = BTreeSet::new();
+    let found = poll(T, || {
+        last = schedulers(c);
+        (last == want).then_some(())
+    });
+    assert!(
+        found.is_some(),
+        "schedulers never became {want:?}; last seen {last:?}"
+    );
+}
+
+fn succeeded_runs(c: &mut Client, job: i64) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM bgw_job_runs WHERE job = $1 AND status = 'succeeded'",
+        &[&job],
+    )
+    .expect("bgw_job_runs")
+    .get(0)
+}
+
+/// Waits until job `job` has more than `n` successful runs.
+fn wait_for_runs_beyond(c: &mut Client, job: i64, n: i64) -> i64 {
+    wait_until(
+        &format!("job {job} to run more than {n} times"),
+        T_JOBS,
+        || {
+            let now = succeeded_runs(c, job);
+            (now > n).then_some(now)
+        },
+    )
+}
+
+/// The checkpointer's pid: a crash of the server would start a new one.
+fn postmaster_pid(c: &mut Client) -> i32 {
+    c.query_one(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'",
+        &[],
+    )
+    .expect("checkpointer")
+    .get(0)
+}
+
+/// The job slots are all usable: `n` runs in `c`'s database run at once.
+fn all_slots_free(c: &mut Client, n: usize) {
+    let ids: Vec<i64> = (0..n)
+        .map(|_| job(c, "SELECT bgw_run('SELECT pg_sleep(1)')"))
+        .collect();
+    wait_until(&format!("{n} runs at once"), T_JOBS, || {
+        let running: i64 = c
+            .query_one(
+                "SELECT count(*) FROM bgw_jobs WHERE id = ANY($1) AND state = 'running'",
+                &[&ids],
+            )
+            .expect("bgw_jobs")
+            .get(0);
+        (running == n as i64).then_some(())
+    });
+    for id in ids {
+        assert_eq!(status(&outcome(c, id)).0, Some("succeeded"));
+    }
+}
+
+#[test]
+fn jobs_are_created_listed_waited_for_and_cancelled_in_each_database() {
+    let (cluster, mut admin) = start(BASE);
+    let mut clients: Vec<(String, Client)> = ["app1", "app2", "app3"]
+        .iter()
+        .map(|n| (n.to_string(), database(&cluster, &mut admin, n)))
+        .collect();
+    // No database has a job yet: no scheduler stays.
+    wait_for_schedulers(&mut admin, &[]);
+
+    for (name, c) in clients.iter_mut() {
+        let id = job(c, "SELECT bgw_run('SELECT current_database()::text AS db')");
+        assert_eq!(id, 1, "job ids are per database");
+        let r = outcome(c, id);
+        assert_eq!(status(&r).0, Some("succeeded"), "{name}: {r}");
+        assert_eq!(
+            r["result"][0]["db"],
+            name.as_str(),
+            "ran where it was created"
+        );
+        let listed: Vec<(i64, String)> = c
+            .query("SELECT id, database::text FROM bgw_jobs", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(1, name.clone())],
+            "{name} lists its own job only"
+        );
+    }
+    // Recurring jobs in each, then cancelled in each.
+    let mut recurring = Vec::new();
+    for (_, c) in clients.iter_mut() {
+        let id = job(c, "SELECT bgw_run('SELECT 1', every => '200ms')");
+        wait_for_runs_beyond(c, id, 1);
+        recurring.push(id);
+    }
+    wait_for_schedulers(&mut admin, &["app1", "app2", "app3"]);
+    for ((name, c), id) in clients.iter_mut().zip(&recurring) {
+        let cancelled: bool = c.query_one("SELECT bgw_cancel($1)", &[id]).unwrap().get(0);
+        assert!(cancelled, "{name}");
+        let state: String = c
+            .query_one("SELECT state FROM bgw_jobs WHERE id = $1", &[id])
+            .unwrap()
+            .get(0);
+        assert_eq!(state, "cancelled", "{name}");
+    }
+    // Nothing active is left anywhere: every scheduler leaves.
+    wait_for_schedulers(&mut admin, &[]);
+}
+
+#[test]
+fn no_database_sees_or_touches_another_databases_jobs() {
+    let (cluster, mut admin) = start(BASE);
+    let mut a = database(&cluster, &mut admin, "a");
+    let mut b = database(&cluster, &mut admin, "b");
+    // Job 1 in each: a's a one-shot, b's a recurring one.
+    let in_a = job(&mut a, "SELECT bgw_run('SELECT pg_sleep(30)')");
+    let in_b = job(&mut b, "SELECT bgw_run('SELECT 1', every => '200ms')");
+    assert_eq!((in_a, in_b), (1, 1));
+    wait_until("a's job running", T, || {
+        let state: String = a
+            .query_one("SELECT state FROM bgw_jobs WHERE id = 1", &[])
+            .unwrap()
+            .get(0);
+        (state == "running").then_some(())
+    });
+    let before = wait_for_runs_beyond(&mut b, in_b, 1);
+    // b's view shows b's job 1 as b's: not running a's sleep.
+    let (b_sql, b_pid): (String, Option<i32>) = b
+        .query_one("SELECT sql, pid FROM bgw_jobs WHERE id = 1", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(b_sql, "SELECT 1");
+    let a_pid: Option<i32> = a
+        .query_one("SELECT pid FROM bgw_jobs WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
+    assert!(a_pid.is_some());
+    assert_ne!(b_pid, a_pid, "b's view never shows a's run");
+    // Cancelling job 1 in a stops a's run only.
+    let cancelled: bool = a.query_one("SELECT bgw_cancel(1)", &[]).unwrap().get(0);
+    assert!(cancelled);
+    let r = outcome(&mut a, 1);
+    assert_eq!(status(&r).0, Some("cancelled"));
+    wait_for_runs_beyond(&mut b, in_b, before + 2);
+    let b_state: String = b
+        .query_one("SELECT state FROM bgw_jobs WHERE id = 1", &[])
+        .unwrap()
+        .get(0);
+    assert_ne!(b_state, "cancelled", "b's job 1 is not a's");
+    // A job id that exists only in b is unknown in a.
+    job(&mut b, "SELECT bgw_run('SELECT 2')");
+    let (code, message, _, _) = expect_error(&mut a, "SELECT bgw_result(2, '1s')");
+    assert_eq!(code, "42704", "{message}");
+    let (code, _, _, _) = expect_error(&mut a, "SELECT bgw_cancel(2)");
+    assert_eq!(code, "42704");
+    // The tables of one database are not the other's.
+    let a_runs: i64 = scalar_i64(&mut a, "SELECT count(*) FROM bgw_job_runs");
+    assert_eq!(a_runs, 1, "a has the one run of its one job");
+}
+
+#[test]
+fn at_steady_state_only_databases_with_active_jobs_have_a_scheduler() {
+    let (cluster, mut admin) = start(&[
+        "bgworker_rs.total_workers = 0",
+        "bgworker_rs.max_jobs = 8",
+        "max_worker_processes = 24",
+    ]);
+    let all: Vec<String> = (1..=12).map(|i| format!("db{i}")).collect();
+    let mut clients: Vec<Client> = all
+        .iter()
+        .map(|n| database(&cluster, &mut admin, n))
+        .collect();
+    // Recurring jobs in three; a paused one and a finished one elsewhere.
+    for i in [0usize, 4, 9] {
+        job(
+            &mut clients[i],
+            "SELECT bgw_run('SELECT 1', every => '300ms')",
+        );
+    }
+    let paused = job(&mut clients[1], "SELECT bgw_run('SELECT 1', every => '1h')");
+    clients[1]
+        .execute("SELECT bgw_alter($1, active => false)", &[&paused])
+        .unwrap();
+    let once = job(&mut clients[2], "SELECT bgw_run('SELECT 1')");
+    assert_eq!(status(&outcome(&mut clients[2], once)).0, Some("succeeded"));
+    wait_for_schedulers(&mut admin, &["db1", "db5", "db10"]);
+    let processes: i64 = scalar_i64(
+        &mut admin,
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bgworker_rs job scheduler'",
+    );
+    assert_eq!(
+        processes, 3,
+        "one scheduler process per database with active jobs"
+    );
+}
+
+#[test]
+fn a_restart_resumes_the_jobs_of_three_databases_without_anyone_connecting() {
+    let (mut cluster, mut admin) = start(&[
+        "bgworker_rs.total_workers = 0",
+        "bgworker_rs.max_jobs = 8",
+        "max_worker_processes = 24",
+    ]);
+    let mut ids = Vec::new();
+    for n in ["r1", "r2", "r3", "idle1", "idle2"] {
+        let mut c = database(&cluster, &mut admin, n);
+        if n.starts_with('r') {
+            c.batch_execute("CREATE TABLE ticks (at timestamptz)")
+                .unwrap();
+            let id = job(
+                &mut c,
+                "SELECT bgw_run('INSERT INTO ticks VALUES (now())', every => '200ms')",
+            );
+            wait_for_runs_beyond(&mut c, id, 0);
+            ids.push((n, id));
+        }
+    }
+    drop(admin);
+    cluster.restart();
+    // Nobody connects to r1..r3 until their jobs have run again.
+    let mut admin = cluster.connect();
+    let started: String = admin
+        .query_one("SELECT pg_postmaster_start_time()::text", &[])
+        .unwrap()
+        .get(0);
+    wait_for_schedulers(&mut admin, &["r1", "r2", "r3"]);
+    for (n, _) in &ids {
+        let mut c = cluster.connect_as("postgres", n);
+        wait_until(&format!("a tick in {n} after the restart"), T_JOBS, || {
+            let after: bool = c
+                .query_one(
+                    "SELECT EXISTS (SELECT FROM ticks WHERE at > $1::text::timestamptz)",
+                    &[&started],
+                )
+                .unwrap()
+                .get(0);
+            after.then_some(())
+        });
+    }
+}
+
+#[test]
+fn drop_database_with_a_recurring_job() {
+    let (cluster, mut admin) =
+        start(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 2"]);
+    let before = postmaster_pid(&mut admin);
+    let mut doomed = database(&cluster, &mut admin, "doomed");
+    // Its job runs in it, and keeps a slot busy for a while each time.
+    let id = job(
+        &mut doomed,
+        "SELECT bgw_run('SELECT pg_sleep(0.5)', every => '100ms')",
+    );
+    wait_for_runs_beyond(&mut doomed, id, 1);
+    // A role that does not own the database cannot stop its scheduler by
+    // trying to drop it.
+    admin
+        .batch_execute("CREATE ROLE mallory LOGIN CREATEDB")
+        .unwrap();
+    let mut mallory = cluster.connect_as("mallory", "postgres");
+    let (code, _, _, _) = expect_error(&mut mallory, "DROP DATABASE doomed");
+    assert_eq!(code, "42501");
+    let (code, _, _, _) = expect_error(&mut mallory, "ALTER DATABASE doomed RENAME TO gone");
+    assert_eq!(code, "42501");
+    let mallory_super: bool = mallory
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(!mallory_super);
+    let n = succeeded_runs(&mut doomed, id);
+    wait_for_runs_beyond(&mut doomed, id, n + 1);
+    drop(doomed);
+    // A plain DROP DATABASE: the scheduler steps aside, the run stops.
+    let t0 = Instant::now();
+    admin
+        .batch_execute("DROP DATABASE doomed")
+        .expect("DROP DATABASE with a recurring job");
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    wait_for_schedulers(&mut admin, &[]);
+    assert_eq!(
+        postmaster_pid(&mut admin),
+        before,
+        "the server did not restart"
+    );
+    // Both job slots are free again.
+    all_slots_free(&mut admin, 2);
+}
+
+#[test]
+fn the_extension_dropped_from_one_database() {
+    let (cluster, mut admin) =
+        start(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 2"]);
+    let mut a = database(&cluster, &mut admin, "a");
+    let mut b = database(&cluster, &mut admin, "b");
+    let in_a = job(
+        &mut a,
+        "SELECT bgw_run('SELECT pg_sleep(0.3)', every => '100ms')",
+    );
+    let in_b = job(&mut b, "SELECT bgw_run('SELECT 1', every => '200ms')");
+    wait_for_runs_beyond(&mut a, in_a, 0);
+    wait_for_runs_beyond(&mut b, in_b, 0);
+    a.batch_execute("DROP EXTENSION bgworker_rs").unwrap();
+    cluster.wait_for_log("extension \"bgworker_rs\" was dropped from database", T);
+    wait_for_schedulers(&mut admin, &["b"]);
+    let n = succeeded_runs(&mut b, in_b);
+    wait_for_runs_beyond(&mut b, in_b, n + 2);
+    // Both slots usable: a's run did not keep one.
+    b.batch_execute(&format!("SELECT bgw_cancel({in_b})"))
+        .unwrap();
+    all_slots_free(&mut b, 2);
+    // And the extension comes back cleanly.
+    a.batch_execute("CREATE EXTENSION bgworker_rs").unwrap();
+    let id = job(&mut a, "SELECT bgw_run('SELECT 1')");
+    assert_eq!(status(&outcome(&mut a, id)).0, Some("succeeded"));
+}
+
+#[test]
+fn a_renamed_database_keeps_its_jobs_and_allow_connections_false_sends_the_scheduler_away() {
+    let (cluster, mut admin) = start(BASE);
+    let mut c = database(&cluster, &mut admin, "before");
+    let id = job(&mut c, "SELECT bgw_run('SELECT 1', every => '200ms')");
+    wait_for_runs_beyond(&mut c, id, 1);
+    drop(c);
+    admin
+        .batch_execute("ALTER DATABASE before RENAME TO after")
+        .expect("RENAME with a scheduler running");
+    let mut c = cluster.connect_as("postgres", "after");
+    let n = succeeded_runs(&mut c, id);
+    wait_for_runs_beyond(&mut c, id, n + 2);
+    let (state, database): (String, String) = c
+        .query_one(
+            "SELECT state, database::text FROM bgw_jobs WHERE id = $1",
+            &[&id],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((state.as_str(), database.as_str()), ("scheduled", "after"));
+    wait_for_schedulers(&mut admin, &["after"]);
+
+    admin
+        .batch_execute("ALTER DATABASE after ALLOW_CONNECTIONS false")
+        .unwrap();
+    cluster.wait_for_log(
+        "database \"after\" no longer accepts connections; leaving",
+        T,
+    );
+    wait_for_schedulers(&mut admin, &[]);
+    admin
+        .batch_execute("ALTER DATABASE after ALLOW_CONNECTIONS true")
+        .unwrap();
+    wait_for_schedulers(&mut admin, &["after"]);
+    let n = succeeded_runs(&mut c, id);
+    wait_for_runs_beyond(&mut c, id, n + 1);
+}
+
+#[test]
+fn a_flooded_queue_in_one_database_never_holds_every_slot() {
+    let (cluster, mut admin) =
+        start(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 2"]);
+    let mut flood = database(&cluster, &mut admin, "flood");
+    let mut small = database(&cluster, &mut admin, "small");
+    // 20 runs of 300 ms: 3 s of queue for 2 slots.
+    flood
+        .batch_execute("SELECT bgw_run('SELECT pg_sleep(0.3)') FROM generate_series(1, 20)")
+        .unwrap();
+    wait_until("the flood queued and running", T, || {
+        let row = flood
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state = 'running'), \
+                        count(*) FILTER (WHERE state IN ('queued', 'scheduled')) FROM bgw_jobs",
+                &[],
+            )
+            .unwrap();
+        let (running, waiting): (i64, i64) = (row.get(0), row.get(1));
+        (running == 2 && waiting >= 10).then_some(())
+    });
+    let id = job(&mut small, "SELECT bgw_run('SELECT 1')");
+    // From when its run waits in the queue (its scheduler may first have
+    // to start, which on a loaded machine takes a while).
+    let created: String = wait_until("the small job's run queued", T, || {
+        small
+            .query_opt(
+                "SELECT clock_timestamp()::text FROM bgw_jobs WHERE id = $1 AND state <> 'scheduled'",
+                &[&id],
+            )
+            .unwrap()
+            .map(|r| r.get(0))
+    });
+    let r = outcome(&mut small, id);
+    assert_eq!(status(&r).0, Some("succeeded"));
+    let started: String = r["started_at"].as_str().expect("started_at").to_string();
+    // How many of the flood's runs started between the small job's commit
+    // and its start: a fair share gives it the next slot that frees.
+    let overtaken: i64 = flood
+        .query_one(
+            "SELECT count(*) FROM bgw_job_runs \
+              WHERE started_at > $1::text::timestamptz AND started_at < $2::text::timestamptz",
+            &[&created, &started],
+        )
+        .unwrap()
+        .get(0);
+    let left: i64 = scalar_i64(
+        &mut flood,
+        "SELECT count(*) FROM bgw_jobs WHERE state IN ('queued', 'scheduled')",
+    );
+    assert!(
+        overtaken <= 2,
+        "{overtaken} flood runs started before the other database's one run ({left} still waiting)"
+    );
+    assert!(
+        left > 0,
+        "the flood was over before the small job: the test proves nothing"
+    );
+}
+
+#[test]
+fn the_upgrade_from_0_1_0_keeps_existing_jobs_running() {
+    // The 0.1.0 install script, as it was released, next to this version's.
+    let share = pg_config_value_pub("--sharedir").join("extension");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/bgworker_rs--0.1.0.sql"
+        ),
+        share.join("bgworker_rs--0.1.0.sql"),
+    )
+    .expect("install the 0.1.0 script");
+    let cluster = Cluster::start(BASE);
+    let mut admin = cluster.connect();
+    admin.batch_execute("CREATE DATABASE other").unwrap();
+    admin
+        .batch_execute("CREATE EXTENSION bgworker_rs VERSION '0.1.0'")
+        .unwrap();
+    admin
+        .batch_execute(
+            "CREATE TABLE ticks (at timestamptz);
+             -- Jobs as bgw_run() 0.1.0 stored them: one here, one in another database.
+             INSERT INTO bgw_job_defs (sql, database, database_name, role, every, created_by, next_run_at)
+             SELECT 'INSERT INTO ticks VALUES (now())', oid, datname, 'postgres', '200ms', 'postgres', now()
+               FROM pg_database WHERE datname = 'postgres';
+             INSERT INTO bgw_job_defs (sql, database, database_name, role, every, created_by, next_run_at)
+             SELECT 'SELECT current_database()::text AS db', oid, datname, 'postgres', '200ms', 'postgres', now()
+               FROM pg_database WHERE datname = 'other';",
+        )
+        .unwrap();
+    // The library is 0.2.0: the job functions ask for the update.
+    let (code, message, _, hint) = expect_error(&mut admin, "SELECT bgw_run('SELECT 1')");
+    assert_eq!(code, "55000", "{message}");
+    assert!(message.contains("version 0.1.0"), "{message}");
+    assert_eq!(
+        hint.as_deref(),
+        Some("Run ALTER EXTENSION bgworker_rs UPDATE.")
+    );
+
+    admin
+        .batch_execute("ALTER EXTENSION bgworker_rs UPDATE")
+        .expect("the upgrade script");
+    let version: String = admin
+        .query_one(
+            "SELECT extversion FROM pg_extension WHERE extname = 'bgworker_rs'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, "0.2.0");
+    // Both jobs run, without a restart.
+    wait_for_runs_beyond(&mut admin, 1, 1);
+    let r = finished_run(&mut admin, 2, 1);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["result"][0]["db"], "other");
+    let stored: Vec<(Option<u32>, Option<String>, String)> = admin
+        .query(
+            "SELECT d.database, d.database_name::text, j.database::text \
+               FROM bgw_job_defs d JOIN bgw_jobs j USING (id) ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(stored[0].0, None, "a job for its own database follows it");
+    assert_eq!(stored[0].2, "postgres");
+    assert!(stored[1].0.is_some());
+    assert_eq!(stored[1].1.as_deref(), Some("other"));
+    assert_eq!(stored[1].2, "other");
+    let new = job(&mut admin, "SELECT bgw_run('SELECT 1')");
+    assert_eq!(status(&outcome(&mut admin, new)).0, Some("succeeded"));
+
+    // The upgraded schema is the fresh one.
+    let mut fresh = database(&cluster, &mut admin, "fresh");
+    assert_eq!(describe(&mut admin), describe(&mut fresh));
+}
+
+fn pg_config_value_pub(flag: &str) -> std::path::PathBuf {
+    let out = std::process::Command::new(pg_config())
+        .arg(flag)
+        .output()
+        .expect("pg_config");
+    std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Everything that defines the extension's objects, as text.
+fn describe(c: &mut Client) -> Vec<String> {
+    c.query(
+        "WITH members AS (
+           SELECT classid, objid FROM pg_depend
+            WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+              AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'bgworker_rs'))
+         SELECT 'function ' || p.oid::regprocedure || ': ' || pg_get_functiondef(p.oid)
+                || ' acl ' || coalesce(p.proacl::text, '') || ' comment ' || coalesce(obj_description(p.oid, 'pg_proc'), '')
+           FROM members m JOIN pg_proc p ON p.oid = m.objid WHERE m.classid = 'pg_proc'::regclass
+         UNION ALL
+         SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' acl ' || coalesce(c.relacl::text, '')
+                || ' options ' || coalesce(c.reloptions::text, '')
+                || ' comment ' || coalesce(obj_description(c.oid, 'pg_class'), '')
+                || ' view ' || coalesce(CASE WHEN c.relkind = 'v' THEN pg_get_viewdef(c.oid) END, '')
+           FROM members m JOIN pg_class c ON c.oid = m.objid WHERE m.classid = 'pg_class'::regclass
+         UNION ALL
+         SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+                || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '') || ' ' || a.attidentity::text
+           FROM members m JOIN pg_attribute a ON a.attrelid = m.objid AND a.attnum > 0 AND NOT a.attisdropped
+           LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+          WHERE m.classid = 'pg_class'::regclass
+         UNION ALL
+         SELECT 'constraint ' || conrelid::regclass || ' ' || pg_get_constraintdef(co.oid)
+           FROM members m JOIN pg_constraint co ON co.conrelid = m.objid WHERE m.classid = 'pg_class'::regclass
+         UNION ALL
+         SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+           FROM members m JOIN pg_index i ON i.indrelid = m.objid WHERE m.classid = 'pg_class'::regclass
+         UNION ALL
+         SELECT 'dumped ' || unnest(extconfig)::regclass || ' ' || coalesce(array_to_string(extcondition, ','), '')
+           FROM pg_extension WHERE extname = 'bgworker_rs'
+         ORDER BY 1",
+        &[],
+    )
+    .expect("describe the extension")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
