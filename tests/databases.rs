@@ -62,10 +62,19 @@ fn wait_for_schedulers(c: &mut Client, expected: &[&str]) {
         last = schedulers(c);
         (last == want).then_some(())
     });
-    assert!(
-        found.is_some(),
-        "schedulers never became {want:?}; last seen {last:?}"
-    );
+    if found.is_none() {
+        let rows: Vec<String> = c
+            .query(
+                "SELECT format('%s %s %s %s %s', database, pid, state, iterations, started_at) \
+                   FROM bgw_list() WHERE kind = 'scheduler'",
+                &[],
+            )
+            .expect("bgw_list")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        panic!("schedulers never became {want:?}; last seen {last:?}; bgw_list: {rows:#?}");
+    }
 }
 
 fn succeeded_runs(c: &mut Client, job: i64) -> i64 {
@@ -248,7 +257,30 @@ fn at_steady_state_only_databases_with_active_jobs_have_a_scheduler() {
         .unwrap();
     let once = job(&mut clients[2], "SELECT bgw_run('SELECT 1')");
     assert_eq!(status(&outcome(&mut clients[2], once)).0, Some("succeeded"));
-    wait_for_schedulers(&mut admin, &["db1", "db5", "db10"]);
+    if poll(T, || {
+        (schedulers(&mut admin) == names(&["db1", "db5", "db10"])).then_some(())
+    })
+    .is_none()
+    {
+        let runs: Vec<String> = clients[1]
+            .query("SELECT to_jsonb(r)::text FROM bgw_job_runs r", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let defs: Vec<String> = clients[1]
+            .query("SELECT to_jsonb(r)::text FROM bgw_job_defs r", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let log = cluster.log();
+        let tail: Vec<&str> = log.lines().filter(|l| !l.contains("DEBUG")).collect();
+        panic!(
+            "DEBUG runs {runs:#?} defs {defs:#?} log {:#?}",
+            &tail[tail.len().saturating_sub(40)..]
+        );
+    }
     let processes: i64 = scalar_i64(
         &mut admin,
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'bgworker_rs job scheduler'",

@@ -336,11 +336,15 @@ fn job_pid(c: &mut Client, job: i64) -> Option<i32> {
     .get(0)
 }
 
+/// This database's live scheduler (one runs while it has active jobs).
 fn scheduler(c: &mut Client) -> Option<ListRow> {
-    bgw_list(c).into_iter().find(|r| r.0 == "scheduler")
+    bgw_list(c)
+        .into_iter()
+        .find(|r| r.0 == "scheduler" && r.2.is_some())
 }
 
-/// The scheduler's pid, once bgw_list shows it running.
+/// The scheduler's pid, once bgw_list shows it running (the database must
+/// have an active job).
 fn wait_for_scheduler(c: &mut Client) -> i32 {
     wait_until("the job scheduler running", T, || {
         scheduler(c).filter(|r| r.3 == "running").and_then(|r| r.2)
@@ -666,7 +670,6 @@ fn the_scheduler_ignores_public_even_when_the_database_puts_it_first() {
     let mut c = cluster.connect();
     let path: String = c.query_one("SHOW search_path", &[]).unwrap().get(0);
     assert_eq!(path, "public, pg_catalog");
-    wait_for_scheduler(&mut c);
     let mut att = attacker(&cluster);
     let ticker = tick_job(&mut att);
     wait_runs(&mut c, ticker, 5);
@@ -1293,8 +1296,8 @@ fn bgw_terminate_never_stops_a_process_that_is_not_its_running_worker() {
     }
     assert_eq!(postmaster_started(&mut c), started, "the server restarted");
 
-    let scheduler_pid = wait_for_scheduler(&mut c);
     let sleeper = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    let scheduler_pid = wait_for_scheduler(&mut c);
     let sleeper_pid = wait_until("the sleeping job's pid", T, || job_pid(&mut c, sleeper));
     assert_terminate_refused(&mut att, scheduler_pid, "the job scheduler");
     assert_terminate_refused(&mut att, sleeper_pid, "the superuser's run");
@@ -1345,7 +1348,6 @@ fn dump_and_restore_keep_the_jobs_and_never_reuse_an_id() {
         "pg_restore",
         &["--exit-on-error", "--dbname", "postgres", dump],
     );
-    wait_for_scheduler(&mut c);
 
     assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM bgw_job_defs"), 3);
     assert_eq!(

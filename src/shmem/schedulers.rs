@@ -345,12 +345,13 @@ pub fn try_leave(i: usize) -> bool {
 }
 
 /// A scheduler must leave whatever was asked (its database or extension
-/// went away).
+/// went away). A request made since its wake began stays: the launcher
+/// then starts another, which sees what changed (an upgrade just
+/// committed, say).
 pub fn leave(i: usize) {
     SCHEDULERS.write(|entries| {
         if let Some(e) = entries.get_mut(i) {
             e.state = State::Leaving;
-            e.requested = false;
             e.waiting_since = 0;
         }
     });

@@ -401,9 +401,15 @@ fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> 
             _ => tick.retry = true,
         }
         let home = pg::current_database().to_u32();
+        // The slots of the runs recorded in this wake are freed after its
+        // commit: they count as free already.
+        let in_progress = job_slots::busy(home)
+            .iter()
+            .filter(|(i, s)| !tick.recorded.contains(&(*i, s.job, s.run)))
+            .count();
         tick.idle = !tick.retry
             && !tick.more
-            && job_slots::busy(home).is_empty()
+            && in_progress == 0
             && matches!(pg::in_subtransaction(|| is_idle(client, t)), Ok(Ok(true)));
         Ok(tick)
     });
