@@ -454,8 +454,13 @@ fn a_renamed_database_keeps_its_jobs_and_allow_connections_false_sends_the_sched
 
 #[test]
 fn a_flooded_queue_in_one_database_never_holds_every_slot() {
-    let (cluster, mut admin) =
-        start(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 2"]);
+    // Worker slots to spare, so that what is measured is the sharing of
+    // job slots, not the postmaster's first-come first-served worker slots.
+    let (cluster, mut admin) = start(&[
+        "bgworker_rs.total_workers = 0",
+        "bgworker_rs.max_jobs = 2",
+        "max_worker_processes = 16",
+    ]);
     let mut flood = database(&cluster, &mut admin, "flood");
     let mut small = database(&cluster, &mut admin, "small");
     // 20 runs of 300 ms: 3 s of queue for 2 slots.

@@ -410,6 +410,9 @@ pub fn free(i: usize, id: RunId) {
 /// went away): its runs are stopped and their slots freed, since nobody
 /// could record them. Returns how many.
 pub fn abandon(home: u32) -> usize {
+    if !is_available() {
+        return 0;
+    }
     let taken: Vec<Slot> = SLOTS.write(|slots| {
         slots
             .iter_mut()

@@ -15,6 +15,7 @@
 //! if it is still clear, under the lock.
 
 use crate::pg::{self, RawHandle, SharedArray};
+use crate::settings;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(u8)]
@@ -59,12 +60,18 @@ fn capacity() -> usize {
     pg::max_worker_processes().max(1) as usize
 }
 
+/// Only with jobs on (`bgworker_rs.max_jobs` > 0); without, every
+/// function here does nothing.
 pub fn request() {
-    SCHEDULERS.request(capacity());
+    if settings::MAX_JOBS.get() > 0 {
+        SCHEDULERS.request(capacity());
+    }
 }
 
 pub fn startup() {
-    SCHEDULERS.attach(capacity(), |_| {});
+    if settings::MAX_JOBS.get() > 0 {
+        SCHEDULERS.attach(capacity(), |_| {});
+    }
 }
 
 fn is_available() -> bool {
@@ -318,6 +325,9 @@ pub fn waiting() -> Vec<(u32, i64)> {
 
 /// Wakes the schedulers that wait for a slot, but `except`: a slot freed.
 pub fn wake_waiting(except: u32) {
+    if !is_available() {
+        return;
+    }
     let pids: Vec<i32> = SCHEDULERS.read(|entries| {
         entries
             .iter()
