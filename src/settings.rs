@@ -40,7 +40,7 @@ pub fn init(preloading: bool) {
     );
     GucRegistry::define_string_guc(
         c"bgworker_rs.database",
-        c"Database the static workers and the job scheduler connect to.",
+        c"Database the static workers and the monitor connect to.",
         c"",
         &DATABASE,
         GucContext::Sighup,
@@ -87,7 +87,7 @@ pub fn init(preloading: bool) {
         GucRegistry::define_int_guc(
             c"bgworker_rs.max_jobs",
             c"Maximum number of SQL job runs (bgw_run) at the same time.",
-            c"0 disables jobs and their scheduler. Jobs live in bgworker_rs.database.",
+            c"In all databases together. 0 disables jobs, the launcher and the schedulers.",
             &MAX_JOBS,
             0,
             MAX_JOBS_LIMIT,

@@ -642,3 +642,183 @@ fn describe(c: &mut Client) -> Vec<String> {
     .map(|r| r.get(0))
     .collect()
 }
+
+// ------------------------------------------- a hostile database owner
+//
+// A role that owns its database (CREATEDB), with EXECUTE on the job
+// functions there, tries to disturb other databases' jobs or to keep a
+// scheduler busy for ever. Each test ends by checking that it is still not
+// a superuser and that a job in another database still runs.
+
+/// Database `adb`, owned by `alice` (LOGIN CREATEDB, not a superuser),
+/// with the extension and EXECUTE on its functions, and a connection as
+/// alice to it.
+fn owned_by_alice(cluster: &Cluster, admin: &mut Client) -> Client {
+    admin
+        .batch_execute("CREATE ROLE alice LOGIN CREATEDB")
+        .unwrap();
+    admin
+        .batch_execute("CREATE DATABASE adb OWNER alice")
+        .unwrap();
+    let mut su = cluster.connect_as("postgres", "adb");
+    su.batch_execute(
+        "CREATE EXTENSION bgworker_rs; \
+         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO alice; \
+         GRANT SELECT ON bgw_jobs, bgw_job_runs TO alice",
+    )
+    .unwrap();
+    cluster.connect_as("alice", "adb")
+}
+
+/// The end of every hostile test: alice is no superuser, and a job in
+/// database postgres still runs.
+fn still_contained(admin: &mut Client) {
+    let sup: bool = admin
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'alice'", &[])
+        .unwrap()
+        .get(0);
+    assert!(!sup, "alice became a superuser");
+    let id = job(admin, "SELECT bgw_run('SELECT 1 AS one')");
+    let r = outcome(admin, id);
+    assert_eq!(status(&r).0, Some("succeeded"), "{r}");
+}
+
+fn scheduler_pid(c: &mut Client, database: &str) -> Option<i32> {
+    c.query_opt(
+        "SELECT pid FROM bgw_list() WHERE kind = 'scheduler' AND database = $1::text::name \
+            AND pid IS NOT NULL AND state = 'running'",
+        &[&database],
+    )
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+#[test]
+fn statements_that_will_fail_never_stop_a_scheduler_or_its_runs() {
+    let (cluster, mut admin) = start(BASE);
+    let mut alice = owned_by_alice(&cluster, &mut admin);
+    let id = job(&mut alice, "SELECT bgw_run('SELECT pg_sleep(60)')");
+    let run_pid = wait_until("alice's run", T, || {
+        alice
+            .query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&id])
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+    });
+    let sched = wait_until("adb's scheduler", T, || scheduler_pid(&mut admin, "adb"));
+    let mut elsewhere = cluster.connect_as("alice", "postgres");
+    // In a transaction block, DROP DATABASE fails before doing anything:
+    // so must we.
+    for sql in [
+        "BEGIN; DROP DATABASE adb",
+        "BEGIN; CREATE DATABASE copy TEMPLATE adb",
+        "BEGIN; ALTER DATABASE adb SET TABLESPACE pg_default",
+    ] {
+        let (code, message, _, _) = expect_error(&mut elsewhere, sql);
+        assert_eq!(code, "25001", "{sql}: {message}");
+        elsewhere.batch_execute("ROLLBACK").unwrap();
+    }
+    // Its own current database cannot be dropped or renamed.
+    let (code, _, _, _) = expect_error(&mut alice, "DROP DATABASE adb");
+    assert_eq!(code, "55006");
+    assert_eq!(
+        scheduler_pid(&mut admin, "adb"),
+        Some(sched),
+        "the scheduler was stopped"
+    );
+    let still: Option<i32> = alice
+        .query_one("SELECT pid FROM bgw_jobs WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert_eq!(still, Some(run_pid), "the run was stopped");
+    alice
+        .batch_execute(&format!("SELECT bgw_cancel({id})"))
+        .unwrap();
+    still_contained(&mut admin);
+}
+
+#[test]
+fn failing_statements_repeated_leave_no_stuck_scheduler() {
+    let (cluster, mut admin) = start(BASE);
+    let mut alice = owned_by_alice(&cluster, &mut admin);
+    job(&mut alice, "SELECT bgw_run('SELECT 1', every => '1s')");
+    wait_until("adb's scheduler", T, || scheduler_pid(&mut admin, "adb"));
+    drop(alice);
+    // Each fails late (no such tablespace), after its scheduler was
+    // stopped; many in a row stop schedulers before they ever start.
+    let mut elsewhere = cluster.connect_as("alice", "postgres");
+    for _ in 0..30 {
+        let (code, _, _, _) =
+            expect_error(&mut elsewhere, "ALTER DATABASE adb SET TABLESPACE nosuch");
+        assert_eq!(code, "42704");
+    }
+    // Every worker entry that never started is marked so, the scheduler
+    // comes back, and jobs everywhere still run.
+    wait_until("no scheduler stuck starting", T, || {
+        let stuck: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM bgw_list() WHERE kind = 'scheduler' \
+                    AND state = 'starting' AND pid IS NULL",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (stuck == 0).then_some(())
+    });
+    wait_until("adb's scheduler back", T, || {
+        scheduler_pid(&mut admin, "adb")
+    });
+    let mut alice = cluster.connect_as("alice", "adb");
+    let n = succeeded_runs(&mut alice, 1);
+    wait_for_runs_beyond(&mut alice, 1, n + 1);
+    still_contained(&mut admin);
+}
+
+#[test]
+fn a_cancelled_rename_releases_the_scheduler() {
+    let (cluster, mut admin) = start(BASE);
+    let mut alice = owned_by_alice(&cluster, &mut admin);
+    let id = job(&mut alice, "SELECT bgw_run('SELECT 1', every => '300ms')");
+    wait_for_runs_beyond(&mut alice, id, 0);
+    drop(alice);
+    let mut elsewhere = cluster.connect_as("alice", "postgres");
+    // Cancelled while it waits for the scheduler to exit.
+    let _ = elsewhere
+        .batch_execute("SET statement_timeout = '1ms'; ALTER DATABASE adb RENAME TO other");
+    elsewhere.batch_execute("RESET statement_timeout").unwrap();
+    let mut alice = cluster.connect_as("alice", "adb");
+    let n = succeeded_runs(&mut alice, id);
+    wait_for_runs_beyond(&mut alice, id, n + 2);
+    still_contained(&mut admin);
+}
+
+#[test]
+fn database_settings_cannot_wedge_a_scheduler() {
+    let (cluster, mut admin) = start(BASE);
+    let mut alice = owned_by_alice(&cluster, &mut admin);
+    alice
+        .batch_execute(
+            "ALTER DATABASE adb SET default_transaction_read_only = on; \
+             ALTER DATABASE adb SET statement_timeout = '1ms'; \
+             ALTER DATABASE adb SET default_transaction_isolation = 'serializable'; \
+             ALTER DATABASE adb SET idle_in_transaction_session_timeout = '1ms'",
+        )
+        .unwrap();
+    drop(alice);
+    // A fresh session (read-only by default now) creates a job: the
+    // scheduler, which must write, runs it anyway, and leaves when idle.
+    let mut alice = cluster.connect_as("alice", "adb");
+    alice
+        .batch_execute("SET default_transaction_read_only = off; SET statement_timeout = 0")
+        .unwrap();
+    let id = job(&mut alice, "SELECT bgw_run('SELECT 1 AS one')");
+    let r = finished_run(&mut alice, id, 1);
+    assert!(r["status"].is_string(), "{r}");
+    wait_for_schedulers(&mut admin, &[]);
+    assert!(
+        !cluster
+            .log()
+            .contains("cannot execute UPDATE in a read-only transaction"),
+        "the scheduler ran read-only"
+    );
+    still_contained(&mut admin);
+}

@@ -5,16 +5,20 @@
 //!   to the database. Like autovacuum, the database's scheduler steps
 //!   aside: it is stopped and kept out until the statement ends, then the
 //!   database is looked at again (it may be gone, renamed, or copied). A
-//!   `DROP DATABASE` also stops the runs of the database's own jobs, whose
-//!   records go with it. Only for a caller who owns the database, so that
-//!   trying a statement one may not run never disturbs anyone's jobs.
+//!   `DROP DATABASE` also stops the runs of the database's own jobs that
+//!   are connected to it (they would block the drop).
+//! - Only when PostgreSQL's own cheap checks would let the statement go on:
+//!   the caller owns the database (and may create databases, for a rename
+//!   or a copy), it is not the caller's current database, and a statement
+//!   that may not run in a transaction block is not in one. So trying a
+//!   statement one may not run never disturbs anyone's jobs.
 //! - Any other `ALTER DATABASE` (`ALLOW_CONNECTIONS`, `IS_TEMPLATE`) and
 //!   `CREATE`, `ALTER` or `DROP EXTENSION bgworker_rs`: the database's
 //!   scheduler looks again when the transaction commits (it may leave, or
 //!   start after an upgrade).
 
 use crate::api::jobs;
-use crate::pg::{self, Utility};
+use crate::pg::{self, Utility, UtilityContext};
 use crate::shmem::{job_slots, schedulers};
 use pgrx::pg_sys;
 use std::time::Duration;
@@ -23,25 +27,32 @@ use std::time::Duration;
 /// PostgreSQL's own wait for other sessions (5 s) applies.
 const STEP_ASIDE_WAIT: Duration = Duration::from_secs(10);
 
-pub fn around(utility: &Utility, run: &mut dyn FnMut()) {
+pub fn around(utility: &Utility, context: UtilityContext, run: &mut dyn FnMut()) {
+    let mine = |name: &std::ffi::CStr, creates: bool| {
+        pg::database_oid(name).filter(|&db| {
+            db != pg::current_database()
+                && pg::owns_database(db)
+                && (!creates || pg::can_create_databases())
+        })
+    };
     match utility {
-        Utility::DropDatabase(name) => aside(pg::database_oid(name), true, run),
-        Utility::RenameDatabase(name) | Utility::AlterDatabase { name, moves: true } => {
-            aside(pg::database_oid(name), false, run)
+        Utility::DropDatabase(name) if context.alone => {
+            aside(mine(name, false), true, run);
         }
-        Utility::CreateDatabase { name, template } => {
-            // Not in a transaction block: it commits right after this.
-            let name = name.clone();
-            pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
-                // The copy may hold jobs of its own.
-                if let Some(db) = pg::database_oid(&name) {
-                    schedulers::ask_for(db.to_u32());
-                }
-            });
-            let source = template.as_deref().and_then(pg::database_oid);
-            aside(source, false, run)
+        Utility::RenameDatabase(name) => aside(mine(name, true), false, run),
+        Utility::AlterDatabase { name, moves: true } if context.alone => {
+            aside(mine(name, false), false, run)
         }
-        Utility::AlterDatabase { name, moves: false } => {
+        Utility::CreateDatabase { name, template } if context.alone => {
+            let source = template.as_deref().and_then(|t| mine(t, true));
+            aside(source, false, run);
+            // The copy may hold jobs of its own: its scheduler looks when
+            // this commits (right after: not in a transaction block).
+            if let Some(copy) = pg::database_oid(name) {
+                jobs::wake_scheduler_at_commit_of(copy);
+            }
+        }
+        Utility::AlterDatabase { name, .. } => {
             run();
             if let Some(db) = pg::database_oid(name) {
                 jobs::wake_scheduler_at_commit_of(db);
@@ -51,29 +62,33 @@ pub fn around(utility: &Utility, run: &mut dyn FnMut()) {
             run();
             jobs::wake_scheduler_at_commit_of(pg::current_database());
         }
-        Utility::Other => run(),
+        _ => run(),
     }
 }
 
-/// Runs `run` with `database`'s scheduler stopped and kept out, if the
-/// caller owns the database; with `runs`, the runs of its jobs too.
+/// Runs `run` with `database`'s scheduler stopped and kept out; with
+/// `runs`, also the runs of its jobs connected to it. The hold is released
+/// whatever happens, an interrupt while waiting included.
 fn aside(database: Option<pg_sys::Oid>, runs: bool, run: &mut dyn FnMut()) {
-    let Some(db) = database.filter(|&db| pg::owns_database(db)) else {
+    let Some(db) = database.map(|db| db.to_u32()) else {
         return run();
     };
-    let db = db.to_u32();
-    if let Some(handle) = schedulers::hold(db) {
-        pg::terminate_worker(handle);
-        let _ = pg::wait_for(Some(STEP_ASIDE_WAIT), || {
-            matches!(
-                pg::worker_status(handle),
-                pg::WorkerStatus::Stopped | pg::WorkerStatus::PostmasterDied
-            )
-            .then_some(())
-        });
-    }
-    if runs {
-        job_slots::abandon(db);
-    }
-    pg::with_finally(run, || schedulers::release(db));
+    let scheduler = schedulers::hold(db);
+    let mut body = || {
+        if let Some(handle) = scheduler {
+            pg::terminate_worker(handle);
+            let _ = pg::wait_for(Some(STEP_ASIDE_WAIT), || {
+                matches!(
+                    pg::worker_status(handle),
+                    pg::WorkerStatus::Stopped | pg::WorkerStatus::PostmasterDied
+                )
+                .then_some(())
+            });
+        }
+        if runs {
+            job_slots::stop_runs_in(db, db);
+        }
+        run();
+    };
+    pg::with_finally(&mut body, || schedulers::release(db));
 }

@@ -168,3 +168,31 @@ pub fn owns_database(database: pg_sys::Oid) -> bool {
     database_form(database)
         .is_some_and(|(owner, _)| is_superuser() || has_privs_of_role(current_user(), owner))
 }
+
+/// May the current user create databases (`have_createdb_privilege()`:
+/// a superuser, or `CREATEDB`)?
+pub fn can_create_databases() -> bool {
+    if is_superuser() {
+        return true;
+    }
+    // SAFETY: a syscache look-up inside a transaction; the tuple, if any, is
+    // released before we return, and its fixed-width fields start at t_hoff
+    // (GETSTRUCT).
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::AUTHOID as std::os::raw::c_int,
+            pg_sys::Datum::from(current_user()),
+        );
+        if tuple.is_null() {
+            return false;
+        }
+        let header = (*tuple).t_data;
+        let form = header
+            .cast::<u8>()
+            .add((*header).t_hoff as usize)
+            .cast::<pg_sys::FormData_pg_authid>();
+        let createdb = (*form).rolcreatedb;
+        pg_sys::ReleaseSysCache(tuple);
+        createdb
+    }
+}

@@ -31,8 +31,16 @@ pub enum Utility {
     Other,
 }
 
+/// Where a utility statement runs: what PostgreSQL checks first for the
+/// statements that may not run in a transaction block.
+#[derive(Clone, Copy, Debug)]
+pub struct UtilityContext {
+    /// Top level (not from a function), outside a transaction block.
+    pub alone: bool,
+}
+
 /// What the extension does around a utility statement: `run` runs it.
-pub type Around = fn(&Utility, &mut dyn FnMut());
+pub type Around = fn(&Utility, UtilityContext, &mut dyn FnMut());
 
 static AROUND: OnceLock<Around> = OnceLock::new();
 static PREVIOUS: OnceLock<pg_sys::ProcessUtility_hook_type> = OnceLock::new();
@@ -221,7 +229,13 @@ unsafe extern "C-unwind" fn process_utility(
     let utility = unsafe { classify((*pstmt).utilityStmt) };
     match (utility, AROUND.get()) {
         (Utility::Other, _) | (_, None) => run(),
-        (utility, Some(around)) => around(&utility, &mut run),
+        (utility, Some(around)) => {
+            // SAFETY: reads transaction state; we are inside a transaction.
+            let in_block = unsafe { pg_sys::IsTransactionBlock() };
+            let alone =
+                context == pg_sys::ProcessUtilityContext::PROCESS_UTILITY_TOPLEVEL && !in_block;
+            around(&utility, UtilityContext { alone }, &mut run)
+        }
     }
 }
 

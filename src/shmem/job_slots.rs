@@ -406,6 +406,29 @@ pub fn free(i: usize, id: RunId) {
     schedulers::wake_waiting(id.home);
 }
 
+/// Stops the runs of `home`'s jobs connected to `database` (which is about
+/// to be dropped); their slots stay, for whoever records them.
+pub fn stop_runs_in(home: u32, database: u32) {
+    if !is_available() {
+        return;
+    }
+    let handles: Vec<RawHandle> = SLOTS.read(|slots| {
+        slots
+            .iter()
+            .filter(|s| {
+                s.state != SlotState::Free
+                    && s.home == home
+                    && s.database == database
+                    && s.has_handle
+            })
+            .map(|s| s.handle)
+            .collect()
+    });
+    for handle in handles {
+        pg::terminate_worker(handle);
+    }
+}
+
 /// The scheduler of `home` is gone for good (its database or extension
 /// went away): its runs are stopped and their slots freed, since nobody
 /// could record them. Returns how many.
@@ -420,8 +443,13 @@ pub fn abandon(home: u32) -> usize {
             .map(std::mem::take)
             .collect()
     });
-    for s in taken.iter().filter(|s| s.has_handle) {
-        pg::terminate_worker(s.handle);
+    for s in taken.iter() {
+        if s.has_handle {
+            pg::terminate_worker(s.handle);
+        }
+        if s.pid == 0 {
+            super::registry::forget_unstarted(s.registry_ticket());
+        }
     }
     if !taken.is_empty() {
         schedulers::wake_waiting(home);
@@ -527,6 +555,53 @@ mod unit_tests {
         // "é" is two bytes: "aé" + "é" would end inside the second one.
         assert_eq!(copy_cut("aéé", &mut buf), 3);
         assert_eq!(std::str::from_utf8(&buf[..3]).unwrap(), "aé");
+    }
+
+    /// Slots in use by these databases, in this order.
+    fn used(homes: &[u32]) -> Vec<Slot> {
+        let mut slots: Vec<Slot> = homes
+            .iter()
+            .map(|&home| Slot {
+                state: SlotState::Launched,
+                home,
+                ..Slot::default()
+            })
+            .collect();
+        slots.push(Slot::default()); // one free
+        slots
+    }
+
+    #[test]
+    fn a_database_waiting_with_fewer_slots_goes_first() {
+        // Database 1 holds one slot; 2 waits with none: 1 must let it.
+        let slots = used(&[1]);
+        assert!(!fair(&slots, 1, &[(1, 10), (2, 20)]));
+        assert!(fair(&slots, 2, &[(1, 10), (2, 20)]));
+        // Nobody else waits: 1 takes it.
+        assert!(fair(&slots, 1, &[(1, 10)]));
+        assert!(fair(&slots, 1, &[]));
+    }
+
+    #[test]
+    fn equal_shares_go_to_who_waited_longest() {
+        let slots = used(&[1, 2]);
+        assert!(fair(&slots, 1, &[(1, 10), (2, 20)]));
+        assert!(!fair(&slots, 2, &[(1, 10), (2, 20)]));
+        // One that does not wait yet defers to one that does.
+        assert!(!fair(&slots, 3, &[(1, 10), (2, 20)]) || used(&[]).is_empty());
+        let empty = used(&[]);
+        assert!(!fair(&empty, 3, &[(1, 10)]));
+        assert!(fair(&empty, 1, &[(1, 10)]));
+    }
+
+    #[test]
+    fn a_flood_never_holds_every_slot_while_another_waits() {
+        // Database 1 has both slots' worth in use; 2 waits: every free slot
+        // that 1 asks for is refused until 2 has as many.
+        let slots = used(&[1, 1]);
+        assert!(!fair(&slots, 1, &[(1, 1), (2, 99)]));
+        let slots = used(&[1, 2]);
+        assert!(fair(&slots, 1, &[(1, 1), (2, 99)]));
     }
 
     #[test]

@@ -60,8 +60,26 @@ pub enum ClaimError {
 }
 
 fn is_stale_start(e: &Entry) -> bool {
-    // A launch whose backend died before the worker was registered.
-    e.state == State::Starting && !e.has_handle && e.pid == 0 && !pg::process_exists(e.launcher_pid)
+    e.state == State::Starting
+        && e.pid == 0
+        && match e.handle() {
+            // A launch whose backend died before the worker was registered.
+            None => !pg::process_exists(e.launcher_pid),
+            // A worker stopped before it ever started (terminated while the
+            // postmaster had not forked it yet): it never leaves its entry.
+            Some(handle) => matches!(pg::worker_status(handle), pg::WorkerStatus::Stopped),
+        }
+}
+
+/// A worker that was stopped before it ever started leaves no trace of its
+/// own: its entry is marked stopped, so that it is neither shown as
+/// starting nor kept from reuse.
+pub fn forget_unstarted(ticket: Ticket) {
+    with_ticket(ticket, |e| {
+        if e.state == State::Starting && e.pid == 0 {
+            e.state = State::Stopped;
+        }
+    });
 }
 
 /// Picks a slot for `index` in the family of `kind`: the entry it already

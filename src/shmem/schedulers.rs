@@ -16,6 +16,7 @@
 
 use crate::pg::{self, RawHandle, SharedArray};
 use crate::settings;
+use crate::shmem::registry::{self, Ticket};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(u8)]
@@ -42,6 +43,9 @@ pub struct Entry {
     /// The scheduler's pid once it has attached, to wake it.
     pub pid: i32,
     pub handle: RawHandle,
+    /// The scheduler's registry entry, claimed by the launcher.
+    pub registry_slot: u32,
+    pub registry_epoch: u64,
     /// Since when (µs since the Unix epoch) the scheduler has had runs
     /// waiting for a job slot; 0: none waiting. Fairness across databases
     /// (`job_slots::reserve`) reads it.
@@ -183,12 +187,14 @@ pub fn take_to_start(at_most_starting: usize) -> Vec<(usize, u32)> {
     })
 }
 
-/// The launcher registered entry `i`'s worker.
-pub fn set_handle(i: usize, handle: RawHandle) {
+/// The launcher registered entry `i`'s worker, with this registry entry.
+pub fn set_handle(i: usize, handle: RawHandle, ticket: Ticket) {
     SCHEDULERS.write(|entries| {
         if let Some(e) = entries.get_mut(i).filter(|e| e.state == State::Starting) {
             e.handle = handle;
             e.has_handle = true;
+            e.registry_slot = ticket.slot;
+            e.registry_epoch = ticket.epoch;
         }
     });
 }
@@ -226,7 +232,8 @@ pub fn reap() -> (Vec<u32>, bool) {
         .into_iter()
         .filter(|(_, h)| matches!(pg::worker_status(*h), pg::WorkerStatus::Stopped))
         .collect();
-    SCHEDULERS.write(|entries| {
+    let mut unstarted = Vec::new();
+    let result = SCHEDULERS.write(|entries| {
         let mut exited = Vec::new();
         for (i, handle) in gone {
             let Some(e) = entries
@@ -236,6 +243,14 @@ pub fn reap() -> (Vec<u32>, bool) {
                 continue;
             };
             exited.push(e.database);
+            if e.pid == 0 {
+                // Stopped before it ever ran: its registry entry is ours
+                // to end.
+                unstarted.push(Ticket {
+                    slot: e.registry_slot,
+                    epoch: e.registry_epoch,
+                });
+            }
             if e.requested || e.held > 0 {
                 *e = Entry {
                     state: State::Wanted,
@@ -252,7 +267,11 @@ pub fn reap() -> (Vec<u32>, bool) {
             .iter()
             .any(|e| e.state == State::Wanted && e.held == 0);
         (exited, wanted)
-    })
+    });
+    for ticket in unstarted {
+        registry::forget_unstarted(ticket);
+    }
+    result
 }
 
 /// A scheduler takes its entry; false if it is not (or no longer) the one

@@ -103,7 +103,9 @@ fn launch_wanted() -> i64 {
                 continue;
             }
             None => {
+                // Dropped: its runs elsewhere cannot be recorded any more.
                 schedulers::not_started(i, false);
+                job_slots::abandon(db);
                 continue;
             }
         }
@@ -131,7 +133,7 @@ fn start(i: usize, db: u32) -> bool {
     match registration::register_dynamic_worker(Kind::Scheduler, index, args, None) {
         Some(handle) => {
             registry::set_handle(ticket, handle);
-            schedulers::set_handle(i, handle);
+            schedulers::set_handle(i, handle, ticket);
             true
         }
         None => {

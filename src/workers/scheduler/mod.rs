@@ -99,9 +99,21 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
         },
         0,
     );
-    // Over any ALTER DATABASE/ROLE ... SET.
+    // Over any ALTER DATABASE/ROLE ... SET: the database's owner must not
+    // be able to make every wake fail (read-only transactions), wait
+    // (isolation, deferrable) or be cancelled, which would keep the
+    // scheduler from ever leaving.
     pg::pin_search_path_for_process();
     pg::set_option_for_process(c"lock_timeout", LOCK_TIMEOUT);
+    for (name, value) in [
+        (c"default_transaction_read_only", c"off"),
+        (c"default_transaction_isolation", c"read committed"),
+        (c"default_transaction_deferrable", c"off"),
+        (c"statement_timeout", c"0"),
+        (c"idle_in_transaction_session_timeout", c"0"),
+    ] {
+        pg::set_option_for_process(name, value);
+    }
     registry::report_running();
 
     let mut state = State {
