@@ -587,8 +587,9 @@ mod unit_tests {
         let slots = used(&[1, 2]);
         assert!(fair(&slots, 1, &[(1, 10), (2, 20)]));
         assert!(!fair(&slots, 2, &[(1, 10), (2, 20)]));
-        // One that does not wait yet defers to one that does.
-        assert!(!fair(&slots, 3, &[(1, 10), (2, 20)]) || used(&[]).is_empty());
+        // One that holds fewer goes first, waiting or not.
+        assert!(fair(&slots, 3, &[(1, 10), (2, 20)]));
+        // One that does not wait yet defers to one with as many that does.
         let empty = used(&[]);
         assert!(!fair(&empty, 3, &[(1, 10)]));
         assert!(fair(&empty, 1, &[(1, 10)]));

@@ -128,8 +128,11 @@ mod unit_tests {
         bad[offset_of!(Entry, state)] = 9;
         assert!(decode(&bad).is_none(), "state out of range");
         let mut bad = zero.clone();
-        bad[offset_of!(Entry, kind)] = 5;
+        bad[offset_of!(Entry, kind)] = 6;
         assert!(decode(&bad).is_none(), "kind out of range");
+        let mut launcher = zero.clone();
+        launcher[offset_of!(Entry, kind)] = 5;
+        assert_eq!(decode(&launcher).map(|e| e.kind), Some(Kind::Launcher));
         let mut bad = zero.clone();
         bad[offset_of!(Entry, in_use)] = 2;
         assert!(decode(&bad).is_none(), "not a bool");
