@@ -60,9 +60,17 @@ impl Entry {
 
 static SCHEDULERS: SharedArray<Entry> = SharedArray::new(c"bgworker_rs job schedulers");
 
+/// Entries: one per database wanting or having a scheduler at one time
+/// (a running scheduler is a worker, so at most `max_worker_processes` of
+/// those; the rest wait as `Wanted`). The launcher feeds the databases of
+/// its start-up check in a few at a time, so requests always find room.
 fn capacity() -> usize {
-    pg::max_worker_processes().max(1) as usize
+    (pg::max_worker_processes().max(1) as usize).max(1024)
 }
+
+/// How many entries the start-up check may have waiting or starting at
+/// once.
+const CHECKS_QUEUED: usize = 16;
 
 /// Only with jobs on (`bgworker_rs.max_jobs` > 0); without, every
 /// function here does nothing.
@@ -142,21 +150,34 @@ pub fn ask_for(database: u32) -> bool {
     found
 }
 
-/// The launcher, at its start: every database that may have jobs is
-/// checked once (no entry is made for one that has an entry already).
-/// Entries a previous launcher left half-started are wanted again.
-pub fn want_all(databases: &[u32]) -> usize {
+/// The launcher, at its start: entries a previous launcher left
+/// half-started are wanted again.
+pub fn recover() {
     SCHEDULERS.write(|entries| {
         for e in entries.iter_mut() {
             if e.state == State::Starting && !e.has_handle {
                 e.state = State::Wanted;
             }
         }
-        databases
-            .iter()
-            .filter(|&&db| entry_for(entries, db).is_none())
-            .count()
-    })
+    });
+}
+
+/// The launcher's start-up check: takes databases from the end of `pending`
+/// into the table while fewer than `CHECKS_QUEUED` entries wait or start
+/// (one that has an entry already needs none).
+pub fn want_some(pending: &mut Vec<u32>) {
+    SCHEDULERS.write(|entries| {
+        while let Some(&db) = pending.last() {
+            let queued = entries
+                .iter()
+                .filter(|e| matches!(e.state, State::Wanted | State::Starting))
+                .count();
+            if queued >= CHECKS_QUEUED || entry_for(entries, db).is_none() {
+                break;
+            }
+            pending.pop();
+        }
+    });
 }
 
 /// The launcher takes up to `at_most_starting` entries to start, counting

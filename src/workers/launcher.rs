@@ -6,8 +6,10 @@
 //! - At its start (server start, or after a crash) every database that
 //!   accepts connections is looked at once: a scheduler starts there,
 //!   marks runs a crash left unfinished, and stays only if the database
-//!   has active jobs. At most `CHECKS_AT_ONCE` start at a time, so that 50
-//!   databases never take 50 worker slots at once.
+//!   has active jobs (else it leaves at once). At most `CHECKS_AT_ONCE`
+//!   start at a time, so that 50 databases never take 50 worker slots at
+//!   once, and the databases enter the table of schedulers a few at a
+//!   time, so that it never fills.
 //! - A job committed where no scheduler runs asks for one (the table of
 //!   schedulers in shared memory, `shmem::schedulers`) and sets the
 //!   launcher's latch; the scheduler starts at once.
@@ -43,20 +45,23 @@ pub extern "C-unwind" fn bgworker_rs_launcher_main(_main_arg: pg_sys::Datum) {
     );
 
     let all = pg::in_transaction(c"bgworker_rs job launcher", pg::databases);
-    let connectable: Vec<u32> = all
+    // Checked once each, a few at a time; the last first.
+    let mut pending: Vec<u32> = all
         .iter()
         .filter(|d| d.connectable)
         .map(|d| d.oid.to_u32())
+        .rev()
         .collect();
-    let left_out = schedulers::want_all(&connectable);
-    if left_out > 0 {
-        warning!(
-            "bgworker_rs job launcher: {left_out} database(s) not looked at: the table of schedulers is full (max_worker_processes)"
-        );
-    }
+    schedulers::recover();
 
     loop {
-        let sleep_ms = launch_wanted();
+        if !pending.is_empty() {
+            schedulers::want_some(&mut pending);
+        }
+        let mut sleep_ms = launch_wanted();
+        if !pending.is_empty() {
+            sleep_ms = sleep_ms.min(RETRY_MS);
+        }
         pg::wait_latch(sleep_ms, pg::worker_wait_event());
         pg_sys::check_for_interrupts!();
         pg::reload_config_if_requested();

@@ -123,6 +123,7 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
         pruned: None,
         idle_since: None,
         announced: false,
+        had_jobs: false,
     };
     loop {
         schedulers::begin_wake(entry);
@@ -173,9 +174,19 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
                 } else {
                     tick.next_due_ms.clamp(0, MAX_SLEEP_MS)
                 };
+                if !tick.idle {
+                    state.had_jobs = true;
+                }
                 if tick.idle && state.requeue.is_empty() {
                     let since = *state.idle_since.get_or_insert_with(Instant::now);
-                    match LINGER.checked_sub(since.elapsed()) {
+                    // A look that found nothing (the check at server start,
+                    // CREATE EXTENSION) does not linger.
+                    let linger = if state.had_jobs {
+                        LINGER
+                    } else {
+                        Duration::ZERO
+                    };
+                    match linger.checked_sub(since.elapsed()) {
                         Some(left) if !left.is_zero() => ms.min(left.as_millis() as i64 + 1),
                         _ if schedulers::try_leave(entry) => {
                             debug1!(
@@ -270,6 +281,8 @@ struct State {
     /// A first wake completed: the launcher was told, and the extension
     /// was there.
     announced: bool,
+    /// Some wake found an active job: leaving waits `LINGER`.
+    had_jobs: bool,
 }
 
 impl State {
