@@ -88,8 +88,6 @@ fn aside(database: Option<pg_sys::Oid>, runs: bool, run: &mut dyn FnMut()) {
         if runs {
             job_slots::stop_runs_in(db, db);
         }
-        // Idle job workers connected to it would block the statement.
-        job_slots::dismiss_warm(db);
         run();
     };
     pg::with_finally(&mut body, || schedulers::release(db));

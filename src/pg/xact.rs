@@ -86,19 +86,6 @@ pub fn arm_statement_timeout(remaining_ms: Option<i64>) -> Armed {
     armed
 }
 
-/// After a run's last statement, as `finish_xact_command` does for a
-/// client: the statement timer is stopped, and a cancel it (or anyone)
-/// asked for meanwhile is forgotten, so that neither reaches the worker
-/// while it waits for its next run.
-pub fn disarm_statement_timeout() {
-    // SAFETY: STATEMENT_TIMEOUT is registered in every backend; clearing
-    // the flag is what ProcessInterrupts does with a cancel it ignores.
-    unsafe {
-        disable_timeout(STATEMENT_TIMEOUT, false);
-        std::ptr::write_volatile(&raw mut pg_sys::QueryCancelPending, 0);
-    }
-}
-
 /// REPEATABLE READ or SERIALIZABLE: one snapshot for the whole transaction.
 pub fn isolation_uses_xact_snapshot() -> bool {
     // SAFETY: plain read of a backend-local global.
@@ -109,21 +96,6 @@ pub fn isolation_uses_xact_snapshot() -> bool {
 pub fn is_current_transaction(xid: u32) -> bool {
     // SAFETY: a pure look-up in backend-local transaction state.
     unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xid.into()) }
-}
-
-/// The current (sub)transaction's id, assigned now if it has none.
-pub fn current_xid() -> u32 {
-    // SAFETY: inside a transaction (a function call); assigning an id is
-    // what any write does.
-    unsafe { pg_sys::GetCurrentTransactionId().into_inner() }
-}
-
-/// Did transaction `xid` commit? For a subtransaction's id, after its top
-/// transaction committed: false if the subtransaction was rolled back.
-pub fn did_commit(xid: u32) -> bool {
-    // SAFETY: a commit-log look-up of a recent id, valid outside any
-    // transaction.
-    unsafe { pg_sys::TransactionIdDidCommit(xid.into()) }
 }
 
 /// Runs `body` in a subtransaction, as a PL/pgSQL block with an EXCEPTION

@@ -9,15 +9,7 @@
 //! per database. Free slots go to the databases fairly (see [`reserve`]).
 //!
 //! Waiters in `bgw_result()` sleep on one condition variable, broadcast each
-//! time a run leaves its outcome and each time a scheduler has committed
-//! outcomes.
-//!
-//! Warm workers: after a run that succeeded, its worker may stay, idle and
-//! connected, for `bgworker_rs.job_worker_idle_time`, in a slot of its own
-//! (`Warm`). The next run of the same database's jobs, for the same target
-//! database and role, takes it ([`reserve`], or at once from `bgw_run`'s
-//! commit with [`claim_warm`]) without a new process. A warm worker holds a
-//! job slot and a worker slot, and gives both way to a run that needs them.
+//! time a scheduler has committed outcomes.
 
 use crate::pg::{self, CapturedError, RawHandle, SharedArray, SharedCondVar};
 use crate::settings;
@@ -47,12 +39,6 @@ pub enum SlotState {
     Launched,
     /// The worker left its outcome (or the launch failed).
     Done,
-    /// An idle worker, connected to `database` as `role`, waiting for a run
-    /// of `home`'s jobs; `pid`, `handle` and the registry entry are its own.
-    Warm,
-    /// Taken from a warm worker by a transaction that created a job
-    /// (`bgw_run`): the run starts when that transaction commits.
-    Pending,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,8 +70,6 @@ pub struct Slot {
     /// `bgw_cancel()` stopped this run.
     pub cancel_requested: bool,
     pub has_handle: bool,
-    /// Reserved for a warm worker: it runs the run, no worker is registered.
-    pub warm: bool,
     pub status: Status,
     /// The database that keeps the job, whose scheduler owns this slot.
     pub home: u32,
@@ -108,9 +92,6 @@ pub struct Slot {
     pub registry_epoch: u64,
     pub handle: RawHandle,
     pub rows: i64,
-    /// When the worker left the outcome, in microseconds since 1970 (0:
-    /// unknown; the scheduler records its own time then).
-    pub finished_at: i64,
     pub sqlerrcode: i32,
     pub error_len: u16,
     pub result_len: u32,
@@ -136,7 +117,6 @@ impl Default for Slot {
             state: SlotState::Free,
             cancel_requested: false,
             has_handle: false,
-            warm: false,
             status: Status::Succeeded,
             home: 0,
             job: 0,
@@ -152,7 +132,6 @@ impl Default for Slot {
             registry_epoch: 0,
             handle: RawHandle::default(),
             rows: 0,
-            finished_at: 0,
             sqlerrcode: 0,
             error_len: 0,
             result_len: 0,
@@ -208,55 +187,6 @@ impl Slot {
             let text = &self.statement[..self.statement_len as usize];
             (self.position, String::from_utf8_lossy(text).into_owned())
         })
-    }
-
-    /// The outcome its worker left, once `Done`.
-    pub fn outcome(&self) -> Outcome {
-        Outcome {
-            status: self.status,
-            rows: self.rows,
-            error: self.error(),
-            result: self.result(),
-            statements: self.statements(),
-            statement: self
-                .statement()
-                .filter(|_| self.status != Status::Succeeded),
-        }
-    }
-
-    fn is_warm_for(&self, home: u32, database: u32, role: u32) -> bool {
-        self.state == SlotState::Warm
-            && self.home == home
-            && self.database == database
-            && self.role == role
-    }
-
-    /// Fills a slot for `run`, with `registry` as the run's entry.
-    fn fill(&mut self, run: &Run<'_>, state: SlotState, registry: Ticket) {
-        *self = Slot::default();
-        self.state = state;
-        self.home = run.home;
-        self.job = run.job;
-        self.run = run.run;
-        self.database = run.database;
-        self.role = run.role;
-        self.timeout_ms = run.timeout_ms;
-        self.atomic = run.atomic;
-        self.gexec = run.gexec;
-        self.registry_slot = registry.slot;
-        self.registry_epoch = registry.epoch;
-        self.sql_len = copy_cut(run.sql, &mut self.sql) as u32;
-    }
-
-    /// Fills a warm worker's slot for `run`: the worker, its handle and
-    /// its registry entry stay.
-    fn hand_to_warm(&mut self, run: &Run<'_>, state: SlotState) {
-        let worker = (self.pid, self.handle, self.registry_ticket());
-        self.fill(run, state, worker.2);
-        self.pid = worker.0;
-        self.handle = worker.1;
-        self.has_handle = true;
-        self.warm = true;
     }
 
     fn registry_ticket(&self) -> Ticket {
@@ -340,7 +270,7 @@ fn fair(slots: &[Slot], home: u32, waiting: &[(u32, i64)]) -> bool {
     let used = |db: u32| {
         slots
             .iter()
-            .filter(|s| !matches!(s.state, SlotState::Free | SlotState::Warm) && s.home == db)
+            .filter(|s| s.state != SlotState::Free && s.home == db)
             .count()
     };
     let mine = used(home);
@@ -357,232 +287,45 @@ fn fair(slots: &[Slot], home: u32, waiting: &[(u32, i64)]) -> bool {
         })
 }
 
-/// A scheduler takes a slot for a run: a warm worker's for the run's
-/// database and role (`true`: that worker runs it), else a free one, else
-/// one a warm worker of another database or role gives way (it is
-/// terminated), if `evict`. `None` when all are busy, or when the free one
-/// is another waiting database's turn.
-pub fn reserve(run: &Run<'_>, registry: Ticket, evict: bool) -> Option<(usize, bool)> {
+/// A scheduler takes a free slot for a run; `None` when all are busy, or
+/// when the free one is another waiting database's turn.
+pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
     if run.sql.len() > SQL_MAX {
         return None; // bgw_run refuses longer statements
     }
     // Read first, so that the two locks are never held together.
     let waiting = schedulers::waiting();
-    let (taken, evicted) = SLOTS.write(|slots| {
-        if !fair(slots, run.home, &waiting) {
-            return (None, None);
-        }
-        if let Some(i) = slots
-            .iter()
-            .position(|s| s.is_warm_for(run.home, run.database, run.role))
-        {
-            slots[i].hand_to_warm(run, SlotState::Reserved);
-            return (Some((i, true)), None);
-        }
-        let free = slots.iter().position(|s| s.state == SlotState::Free);
-        let warm = || {
-            slots
-                .iter()
-                .position(|s| evict && s.state == SlotState::Warm)
-        };
-        let Some(i) = free.or_else(warm) else {
-            return (None, None);
-        };
-        let evicted = (slots[i].state == SlotState::Warm).then_some(slots[i].handle);
-        slots[i].fill(run, SlotState::Reserved, registry);
-        (Some((i, false)), evicted)
-    });
-    if let Some(handle) = evicted {
-        pg::terminate_worker(handle);
-    }
-    taken
-}
-
-/// `bgw_run`'s fast path: takes a warm worker for `run`, to start when the
-/// creating transaction commits ([`launch_claimed`]) or give back if it
-/// aborts ([`unclaim`]). Never while a database waits for a slot: those
-/// runs go first.
-pub fn claim_warm(run: &Run<'_>) -> Option<usize> {
-    if !is_available() || run.sql.len() > SQL_MAX || !schedulers::waiting().is_empty() {
-        return None;
-    }
     SLOTS.write(|slots| {
-        let i = slots
-            .iter()
-            .position(|s| s.is_warm_for(run.home, run.database, run.role))?;
-        slots[i].hand_to_warm(run, SlotState::Pending);
+        if !fair(slots, run.home, &waiting) {
+            return None;
+        }
+        let i = slots.iter().position(|s| s.state == SlotState::Free)?;
+        let s = &mut slots[i];
+        *s = Slot::default();
+        s.state = SlotState::Reserved;
+        s.home = run.home;
+        s.job = run.job;
+        s.run = run.run;
+        s.database = run.database;
+        s.role = run.role;
+        s.timeout_ms = run.timeout_ms;
+        s.atomic = run.atomic;
+        s.gexec = run.gexec;
+        s.registry_slot = registry.slot;
+        s.registry_epoch = registry.epoch;
+        s.sql_len = copy_cut(run.sql, &mut s.sql) as u32;
         Some(i)
     })
 }
 
-/// Starts run `id`, taken from a warm worker in slot `i`: wakes the worker.
-pub fn launch_claimed(i: usize, id: RunId) {
-    let pid = SLOTS.write(|slots| {
-        let s = slots.get_mut(i).filter(|s| {
-            s.run_id() == id
-                && s.warm
-                && matches!(s.state, SlotState::Reserved | SlotState::Pending)
-        })?;
-        s.state = SlotState::Launched;
-        Some(s.pid)
-    });
-    if let Some(pid) = pid {
-        pg::wake_backend(pid);
-    }
-}
-
-/// The transaction that took a warm worker for run `id` aborted: the
-/// worker is warm again.
-pub fn unclaim(i: usize, id: RunId) {
+pub fn set_launched(i: usize, handle: RawHandle) {
     SLOTS.write(|slots| {
-        if let Some(s) = slots
-            .get_mut(i)
-            .filter(|s| s.run_id() == id && s.state == SlotState::Pending)
-        {
-            let (home, database, role) = (s.home, s.database, s.role);
-            let worker = (s.pid, s.handle, s.registry_ticket());
-            *s = Slot::default();
-            s.state = SlotState::Warm;
-            (s.home, s.database, s.role) = (home, database, role);
-            (s.pid, s.handle, s.has_handle) = (worker.0, worker.1, true);
-            (s.registry_slot, s.registry_epoch) = (worker.2.slot, worker.2.epoch);
-        }
-    });
-}
-
-/// Whether a worker whose run succeeded could take a slot to idle in.
-pub enum Settle {
-    Warm(usize),
-    /// No slot is free yet: the one its outcome is in frees up once the
-    /// scheduler has recorded it.
-    Later,
-    /// A database waits for a slot: the worker gives way.
-    Never,
-}
-
-/// A run worker whose run (`done`, a copy of its slot with the outcome)
-/// succeeded offers itself: it moves to a free slot, `Warm`.
-pub fn go_warm(done: &Slot) -> Settle {
-    let me = pg::my_pid();
-    if !done.has_handle || done.pid != me || !schedulers::waiting().is_empty() {
-        return Settle::Never;
-    }
-    SLOTS.write(|slots| {
-        let Some(i) = slots.iter().position(|s| s.state == SlotState::Free) else {
-            return Settle::Later;
-        };
-        let s = &mut slots[i];
-        *s = Slot::default();
-        s.state = SlotState::Warm;
-        (s.home, s.database, s.role) = (done.home, done.database, done.role);
-        (s.pid, s.handle, s.has_handle) = (me, done.handle, true);
-        (s.registry_slot, s.registry_epoch) = (done.registry_slot, done.registry_epoch);
-        Settle::Warm(i)
-    })
-}
-
-/// What a warm worker in slot `i` finds there.
-pub enum WarmNext {
-    /// Still idle, or taken by a transaction not yet committed.
-    Wait { claimed: bool },
-    /// A run to run now (boxed: a slot is about 28 kB).
-    Run(Box<Slot>),
-    /// Its slot was given to another run: the worker exits.
-    Gone,
-}
-
-pub fn warm_next(i: usize) -> WarmNext {
-    let me = pg::my_pid();
-    SLOTS.read(|slots| match slots.get(i) {
-        Some(s) if s.pid != me => WarmNext::Gone,
-        Some(s) if s.state == SlotState::Warm => WarmNext::Wait { claimed: false },
-        Some(s) if s.warm && matches!(s.state, SlotState::Reserved | SlotState::Pending) => {
-            WarmNext::Wait { claimed: true }
-        }
-        Some(s) if s.warm && s.state == SlotState::Launched => WarmNext::Run(Box::new(*s)),
-        _ => WarmNext::Gone,
-    })
-}
-
-/// A warm worker's idle time is over, or it exits: it frees its slot,
-/// unless a run took it meanwhile (false).
-pub fn leave_warm(i: usize) -> bool {
-    let me = pg::my_pid();
-    let home = SLOTS.write(|slots| {
-        let s = slots
-            .get_mut(i)
-            .filter(|s| s.state == SlotState::Warm && s.pid == me)?;
-        let home = s.home;
-        *s = Slot::default();
-        Some(home)
-    });
-    if let Some(home) = home {
-        schedulers::wake_waiting(home);
-    }
-    home.is_some()
-}
-
-/// Warm workers connected to `database` leave (terminated), for a
-/// statement that needs nobody connected to it.
-pub fn dismiss_warm(database: u32) {
-    dismiss_warm_where(|s| s.database == database, usize::MAX);
-}
-
-/// One warm worker leaves (terminated): a run or a scheduler found no free
-/// worker slot (`max_worker_processes`). False if there was none.
-pub fn dismiss_one_warm() -> bool {
-    dismiss_warm_where(|_| true, 1) > 0
-}
-
-fn dismiss_warm_where(which: impl Fn(&Slot) -> bool, at_most: usize) -> usize {
-    if !is_available() {
-        return 0;
-    }
-    let taken: Vec<Slot> = SLOTS.write(|slots| {
-        slots
-            .iter_mut()
-            .filter(|s| s.state == SlotState::Warm && which(s))
-            .take(at_most)
-            .map(std::mem::take)
-            .collect()
-    });
-    for s in &taken {
-        pg::terminate_worker(s.handle);
-        schedulers::wake_waiting(s.home);
-    }
-    taken.len()
-}
-
-/// The worker of run `id` in slot `i` is registered. Its handle is kept
-/// even if the run is already over (a fast worker), for it to stay warm.
-pub fn set_launched(i: usize, id: RunId, handle: RawHandle) {
-    SLOTS.write(|slots| {
-        let Some(s) = slots.get_mut(i).filter(|s| s.run_id() == id) else {
-            return;
-        };
-        if s.state == SlotState::Reserved {
+        if let Some(s) = slots.get_mut(i).filter(|s| s.state == SlotState::Reserved) {
             s.state = SlotState::Launched;
-        }
-        if matches!(s.state, SlotState::Launched | SlotState::Done) {
             s.handle = handle;
             s.has_handle = true;
         }
     });
-}
-
-/// A worker that finished before its scheduler noted its handle waits
-/// for it a little (up to `wait`), to be able to stay warm.
-pub fn wait_for_handle(i: usize, id: RunId, wait: std::time::Duration) -> bool {
-    pg::wait_for(Some(wait), || {
-        SLOTS
-            .read(|slots| {
-                slots
-                    .get(i)
-                    .is_some_and(|s| s.run_id() == id && s.has_handle)
-            })
-            .then_some(())
-    })
-    .is_some()
 }
 
 /// Whose run a worker reports on: a slot taken from it (its scheduler
@@ -614,7 +357,6 @@ pub fn finish(i: usize, id: RunId, outcome: &Outcome) {
             return;
         }
         s.state = SlotState::Done;
-        s.finished_at = pg::now_unix_micros();
         s.status = outcome.status;
         s.rows = outcome.rows;
         if let Some(e) = &outcome.error {
@@ -634,8 +376,6 @@ pub fn finish(i: usize, id: RunId, outcome: &Outcome) {
             s.statement_len = copy_cut(text, &mut s.statement) as u16;
         }
     });
-    // bgw_result() may return it before the scheduler records it.
-    RECORDED.broadcast();
 }
 
 /// A run worker notes its progress: the statements finished so far (JSON)
@@ -677,7 +417,7 @@ pub fn stop_runs_in(home: u32, database: u32) {
             .iter()
             .filter(|s| {
                 s.state != SlotState::Free
-                    && (s.home == home || s.state == SlotState::Warm)
+                    && s.home == home
                     && s.database == database
                     && s.has_handle
             })
@@ -732,30 +472,13 @@ pub fn get_done(slot: &Slot) -> Option<Slot> {
     })
 }
 
-/// Run `run` of job `job` (kept in `home`) as its slot holds it, until
-/// the scheduler has recorded it.
-pub fn find(home: u32, job: i64, run: i32) -> Option<Slot> {
-    if !is_available() {
-        return None;
-    }
-    let id = RunId { home, job, run };
-    SLOTS.read(|slots| {
-        slots
-            .iter()
-            .find(|s| !matches!(s.state, SlotState::Free | SlotState::Warm) && s.run_id() == id)
-            .copied()
-    })
-}
-
 /// The slots in use by `home`'s runs, with their positions.
 pub fn busy(home: u32) -> Vec<(usize, Slot)> {
     SLOTS.read(|slots| {
         slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| {
-                !matches!(s.state, SlotState::Free | SlotState::Warm) && s.home == home
-            })
+            .filter(|(_, s)| s.state != SlotState::Free && s.home == home)
             .map(|(i, s)| (i, *s))
             .collect()
     })
@@ -799,10 +522,7 @@ pub fn request_cancel(home: u32, job: i64) -> Option<Option<RawHandle>> {
         let s = slots.iter_mut().find(|s| {
             s.home == home
                 && s.job == job
-                && matches!(
-                    s.state,
-                    SlotState::Reserved | SlotState::Launched | SlotState::Pending
-                )
+                && matches!(s.state, SlotState::Reserved | SlotState::Launched)
         })?;
         s.cancel_requested = true;
         Some(s.has_handle.then_some(s.handle))

@@ -1,19 +1,15 @@
-//! A run of a SQL job: a dynamic worker started by the scheduler. It
+//! One run of a SQL job: a dynamic worker started by the scheduler. It
 //! connects to the job's database as the job's role, reads the script from
 //! its job slot, runs it statement by statement (`script`) and leaves the
 //! outcome in the slot. An error ends the process, as in any background
 //! worker, after its outcome is left in the slot.
-//!
-//! After a run that succeeded, the worker may stay warm (`warm`) and run
-//! the next runs for the same database and role, each in a clean session.
 
 mod rows;
 mod script;
-mod warm;
 
 use crate::pg::{self, CapturedError, Connection};
-use crate::shmem::job_slots::{self, Outcome, Settle, Slot, Status};
-use crate::shmem::{Kind, registry, schedulers};
+use crate::shmem::job_slots::{self, Outcome, Status};
+use crate::shmem::{Kind, registry};
 use crate::workers::registration::ConnectArgs;
 use pgrx::prelude::*;
 use script::Progress;
@@ -55,30 +51,7 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
         args.flags,
     );
     registry::report_running();
-    warm::on_exit_free_warm_slot();
 
-    let (mut slot, mut job) = (slot, job);
-    loop {
-        let warm = run(slot, &job);
-        // The scheduler records the outcome; a worker that stays does not
-        // exit, so nothing else would wake it.
-        schedulers::ask_for(job.home);
-        registry::report_iteration();
-        match warm.and_then(|warm| warm::wait(warm, job.home)) {
-            Some(next) => (slot, job) = next,
-            // Exit code 0: the postmaster forgets the worker; it notifies
-            // the scheduler that registered it (bgw_notify_pid).
-            None => pg::exit_quietly(),
-        }
-    }
-}
-
-/// Runs the run in `slot` and leaves its outcome there. An error ends the
-/// process, with the outcome left first. After a run that succeeded, the
-/// worker may stay warm: its session is cleaned first, and it takes a slot
-/// to idle in (returned) as it leaves the outcome, so that it is ready by
-/// the time anyone sees the outcome.
-fn run(slot: usize, job: &Slot) -> Option<usize> {
     let id = job.run_id();
     let progress = RefCell::new(Progress::default());
     // Before any timer is armed: when the run's fires, at least the timeout
@@ -99,61 +72,36 @@ fn run(slot: usize, job: &Slot) -> Option<usize> {
                 job.gexec,
                 &limits,
                 &progress,
-            );
-            pg::disarm_statement_timeout();
-            if warm::may_stay(slot, id) {
-                progress.borrow_mut().cleaning = true;
-                warm::discard_session();
-            }
+            )
         },
         // The outcome, taken where the error is raised; the error then
-        // ends the worker as in any background worker. One raised while
-        // cleaning the session after the run does not change its outcome.
+        // ends the worker as in any background worker.
         |e| {
             let ran = started.elapsed();
-            let outcome = match progress.try_borrow() {
-                Ok(p) if p.cleaning => succeeded(&p),
+            let failed = match progress.try_borrow() {
                 Ok(p) => failure(e, ran, job.timeout_ms, &p),
                 Err(_) => failure(e, ran, job.timeout_ms, &Progress::default()),
             };
-            job_slots::finish(slot, id, &outcome);
+            job_slots::finish(slot, id, &failed);
         },
     );
 
     let progress = progress.into_inner();
-    job_slots::finish(slot, id, &succeeded(&progress));
-    if !progress.cleaning {
-        return None;
-    }
-    let done = job_slots::get(slot).filter(|s| s.run_id() == id)?;
-    let warm = pg::wait_for(Some(SETTLE_WAIT), || match job_slots::go_warm(&done) {
-        Settle::Warm(i) => Some(Some(i)),
-        Settle::Never => Some(None),
-        Settle::Later => None,
-    })
-    .flatten();
-    if warm.is_none() {
-        debug1!(
-            "{}: no job slot to stay warm in, or a database waits for one; exiting",
-            pg::worker_name()
-        );
-    }
-    warm
-}
-
-/// How long a worker that finds no free slot to idle in waits for the one
-/// its outcome is in to be recorded and freed.
-const SETTLE_WAIT: Duration = Duration::from_secs(1);
-
-fn succeeded(progress: &Progress) -> Outcome {
-    Outcome {
-        status: Status::Succeeded,
-        rows: progress.rows,
-        error: None,
-        result: Some(progress.result.clone().unwrap_or_else(|| "[]".into())),
-        statements: Some(progress.statements()),
-        statement: None,
-    }
+    job_slots::finish(
+        slot,
+        id,
+        &Outcome {
+            status: Status::Succeeded,
+            rows: progress.rows,
+            error: None,
+            result: Some(progress.result.clone().unwrap_or_else(|| "[]".into())),
+            statements: Some(progress.statements()),
+            statement: None,
+        },
+    );
+    // Exit code 0: the postmaster forgets the worker; it notifies the
+    // scheduler (bgw_notify_pid), which records the outcome.
+    pg::exit_quietly();
 }
 
 /// How a run that raised `e` ended. 57014 is a timeout once the run's

@@ -38,8 +38,6 @@ pub(super) struct Launch {
     pub job: i64,
     pub run: i32,
     slot: usize,
-    /// A warm worker runs it: nothing to register.
-    warm: bool,
     index: i32,
     args: ConnectArgs,
 }
@@ -335,14 +333,11 @@ pub(super) fn start_queued(
     };
     tick.more |= queued.len() as i64 >= BATCH;
     let mut full = false;
-    // A warm worker gives its slot way only if no slot frees up anyway
-    // when this wake commits (the runs it recorded).
-    let evict = tick.recorded.is_empty();
     each_job(client, t, queued, state, "start a run of", |client, id| {
         if full {
             return Ok(()); // waits, in order, for the next wake
         }
-        match start_one(client, t, id, evict)? {
+        match start_one(client, t, id)? {
             Started::Launch(launch) => tick.launches.push(launch),
             Started::NoSlot => {
                 full = true;
@@ -378,7 +373,7 @@ struct Queued {
     cancelled: bool,
 }
 
-fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64, evict: bool) -> SpiResult<Started> {
+fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Started> {
     let row = client.update(
         &format!(
             "SELECT r.run, d.sql, d.database, d.role::oid, d.created_by::oid, \
@@ -418,7 +413,7 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64, evict: bool) -> Sp
         finish_unstarted(client, t, &q, "cancelled", &e)?;
         return Ok(Started::Failed);
     }
-    match prepare(&q, evict) {
+    match prepare(&q) {
         Ok(launch) => {
             client.update(
                 &format!(
@@ -506,7 +501,7 @@ enum Refused {
 }
 
 /// Checks a queued run and claims its job slot and registry entry.
-fn prepare(q: &Queued, evict: bool) -> Result<Launch, Refused> {
+fn prepare(q: &Queued) -> Result<Launch, Refused> {
     let gone =
         |what: String| Refused::Because(error(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, what));
     let here = pg::current_database();
@@ -556,18 +551,14 @@ fn prepare(q: &Queued, evict: bool) -> Result<Launch, Refused> {
         gexec: q.gexec,
         sql: &q.sql,
     };
-    let Some((slot, warm)) = job_slots::reserve(&run, ticket, evict) else {
+    let Some(slot) = job_slots::reserve(&run, ticket) else {
         registry::release(ticket);
         return Err(Refused::NoSlot);
     };
-    if warm {
-        registry::release(ticket); // the warm worker has its own entry
-    }
     Ok(Launch {
         job: q.id,
         run: q.run,
         slot,
-        warm,
         index,
         args: ConnectArgs {
             database,
@@ -578,28 +569,21 @@ fn prepare(q: &Queued, evict: bool) -> Result<Launch, Refused> {
     })
 }
 
-/// Registers the workers of the runs just committed, or wakes the warm
-/// workers they were handed to. A run that finds no worker slot
-/// (`max_worker_processes`) gives its job slot back and is returned, to be
-/// queued again at the next wake; a warm worker, if any, gives its worker
-/// slot way meanwhile.
+/// Registers the workers of the runs just committed. A run that finds no
+/// worker slot (`max_worker_processes`) gives its job slot back and is
+/// returned, to be queued again at the next wake.
 pub(super) fn launch(launches: &[Launch]) -> Vec<(i64, i32)> {
     let mut requeue = Vec::new();
     for l in launches {
-        if l.warm {
-            job_slots::launch_claimed(l.slot, super::run_id(l.job, l.run));
-            continue;
-        }
         match registration::register_dynamic_worker(Kind::Job, l.index, l.args, None) {
             Some(handle) => {
                 registry::set_handle(l.args.ticket, handle);
-                job_slots::set_launched(l.slot, super::run_id(l.job, l.run), handle);
+                job_slots::set_launched(l.slot, handle);
             }
             None => {
                 registry::release(l.args.ticket);
                 job_slots::free(l.slot, super::run_id(l.job, l.run));
                 requeue.push((l.job, l.run));
-                job_slots::dismiss_one_warm();
             }
         }
     }
