@@ -778,6 +778,67 @@ fn failing_statements_repeated_leave_no_stuck_scheduler() {
 }
 
 #[test]
+fn a_terminated_scheduler_comes_back_and_keeps_no_job_slot() {
+    // One job slot: a slot that a scheduler reserved and never launched,
+    // if it stayed taken, would stop every run for good.
+    let (cluster, mut admin) =
+        start(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 1"]);
+    let mut alice = owned_by_alice(&cluster, &mut admin);
+    let id = job(&mut alice, "SELECT bgw_run('SELECT 1', every => '100ms')");
+    wait_for_runs_beyond(&mut alice, id, 0);
+    // Terminated as soon as it appears, so in the middle of its wakes
+    // (reserving the slot of the next run, often); nothing else asks for
+    // it: it must come back by itself each time.
+    let mut killed = 0;
+    let mut last = 0;
+    while killed < 25 {
+        let pid = wait_until("adb's scheduler back after pg_terminate_backend", T, || {
+            admin
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity \
+                      WHERE backend_type = 'bgworker_rs job scheduler' AND datname = 'adb' \
+                        AND pid <> $1",
+                    &[&last],
+                )
+                .unwrap()
+                .map(|r| r.get::<_, i32>(0))
+        });
+        admin
+            .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .unwrap();
+        last = pid;
+        killed += 1;
+    }
+    let n = succeeded_runs(&mut alice, id);
+    wait_for_runs_beyond(&mut alice, id, n + 3);
+    drop(alice);
+    still_contained(&mut admin);
+}
+
+#[test]
+fn a_scheduler_that_leaves_before_the_launcher_records_it_is_still_seen_to_exit() {
+    // A slow launcher (test builds): each scheduler it starts looks, finds
+    // nothing to do and leaves before the launcher records its handle.
+    let (cluster, mut admin) = start(&[
+        "bgworker_rs.total_workers = 0",
+        "bgworker_rs.max_jobs = 8",
+        "bgworker_rs.debug_launcher_pause_ms = 1000",
+        "log_min_messages = debug1",
+    ]);
+    // CREATE EXTENSION asked for a scheduler here; with no job it leaves.
+    cluster.wait_for_log("database \"postgres\": no active job; leaving", T);
+    // The launcher must still see that exit, and start one for each job.
+    for n in 1..=2 {
+        let id = job(&mut admin, "SELECT bgw_run('SELECT 1')");
+        let r = outcome(&mut admin, id);
+        assert_eq!(status(&r).0, Some("succeeded"), "{r}");
+        wait_until("the job's scheduler to leave", T, || {
+            (cluster.log_count("database \"postgres\": no active job; leaving") > n).then_some(())
+        });
+    }
+}
+
+#[test]
 fn a_cancelled_rename_releases_the_scheduler() {
     let (cluster, mut admin) = start(BASE);
     let mut alice = owned_by_alice(&cluster, &mut admin);

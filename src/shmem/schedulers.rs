@@ -8,7 +8,9 @@
 //! started) → `Starting` (registered by the launcher; the scheduler has not
 //! finished its first wake) → `Running` → `Leaving` (the scheduler decided
 //! to exit) → free again once the launcher sees the worker gone, or
-//! `Wanted` again if something was asked for meanwhile.
+//! `Wanted` again if something was asked for meanwhile. A scheduler that
+//! exits without passing through `Leaving` (terminated, or an error) is
+//! `Wanted` again, after a short delay: its database's jobs still need it.
 //!
 //! `requested` is how a commit reaches a scheduler without losing a race
 //! with its exit: the scheduler clears it before each wake and leaves only
@@ -50,6 +52,10 @@ pub struct Entry {
     /// waiting for a job slot; 0: none waiting. Fairness across databases
     /// (`job_slots::reserve`) reads it.
     pub waiting_since: i64,
+    /// A `Wanted` entry whose scheduler exited without deciding to leave
+    /// (terminated, or an error) starts no sooner than this (µs since the
+    /// Unix epoch), so that one that fails at once never loops hot.
+    pub not_before: i64,
 }
 
 impl Entry {
@@ -185,6 +191,7 @@ pub fn want_some(pending: &mut Vec<u32>) {
 /// and their `requested` flag is cleared: a start answers every request
 /// made before it.
 pub fn take_to_start(at_most_starting: usize) -> Vec<(usize, u32)> {
+    let now = pg::now_unix_micros();
     SCHEDULERS.write(|entries| {
         let starting = entries
             .iter()
@@ -196,7 +203,7 @@ pub fn take_to_start(at_most_starting: usize) -> Vec<(usize, u32)> {
             if taken.len() >= room {
                 break;
             }
-            if e.state == State::Wanted && e.held == 0 {
+            if e.state == State::Wanted && e.held == 0 && e.not_before <= now {
                 e.state = State::Starting;
                 e.requested = false;
                 e.has_handle = false;
@@ -209,9 +216,15 @@ pub fn take_to_start(at_most_starting: usize) -> Vec<(usize, u32)> {
 }
 
 /// The launcher registered entry `i`'s worker, with this registry entry.
+/// The worker may already have run its first wake, and even decided to
+/// leave: the entry is still this start's (only the launcher frees an
+/// entry, once it has the handle), and without the handle the launcher
+/// could never see the worker exit.
 pub fn set_handle(i: usize, handle: RawHandle, ticket: Ticket) {
     SCHEDULERS.write(|entries| {
-        if let Some(e) = entries.get_mut(i).filter(|e| e.state == State::Starting) {
+        if let Some(e) = entries.get_mut(i).filter(|e| {
+            !e.has_handle && matches!(e.state, State::Starting | State::Running | State::Leaving)
+        }) {
             e.handle = handle;
             e.has_handle = true;
             e.registry_slot = ticket.slot;
@@ -234,11 +247,27 @@ pub fn not_started(i: usize, again: bool) {
     });
 }
 
+/// In how many milliseconds the first entry held back by `not_before`
+/// may start; `None` if none is.
+pub fn next_start_ms() -> Option<i64> {
+    let now = pg::now_unix_micros();
+    SCHEDULERS.read(|entries| {
+        entries
+            .iter()
+            .filter(|e| e.state == State::Wanted && e.held == 0 && e.not_before > now)
+            .map(|e| (e.not_before - now + 999) / 1000)
+            .min()
+    })
+}
+
 /// The launcher looks at every started entry's worker: one that has exited
 /// frees its entry, or makes it wanted again if a request came meanwhile
-/// (or a utility statement holds it). Returns the databases whose
-/// scheduler exited, and whether any entry is wanted.
-pub fn reap() -> (Vec<u32>, bool) {
+/// (or a utility statement holds it), or if it exited without deciding to
+/// leave (it was terminated, or failed): then after `restart_delay_us`,
+/// since its jobs still need it. Returns the databases whose scheduler
+/// exited, and whether any entry is wanted.
+pub fn reap(restart_delay_us: i64) -> (Vec<u32>, bool) {
+    let now = pg::now_unix_micros();
     let started: Vec<(usize, RawHandle)> = SCHEDULERS.read(|entries| {
         entries
             .iter()
@@ -272,12 +301,18 @@ pub fn reap() -> (Vec<u32>, bool) {
                     epoch: e.registry_epoch,
                 });
             }
-            if e.requested || e.held > 0 {
+            let unexpected = e.state != State::Leaving;
+            if e.requested || e.held > 0 || unexpected {
                 *e = Entry {
                     state: State::Wanted,
                     database: e.database,
                     held: e.held,
                     requested: e.requested,
+                    not_before: if unexpected {
+                        now + restart_delay_us
+                    } else {
+                        0
+                    },
                     ..Entry::default()
                 };
             } else {

@@ -14,7 +14,8 @@
 //!   schedulers in shared memory, `shmem::schedulers`) and sets the
 //!   launcher's latch; the scheduler starts at once.
 //! - A scheduler that exits is noticed through `bgw_notify_pid`; if a job
-//!   committed meanwhile it starts again. The runs of a database that was
+//!   committed meanwhile it starts again, as it does (after `RETRY_MS`)
+//!   when it exited without deciding to leave: terminated, or failed. The runs of a database that was
 //!   dropped are stopped and their slots freed.
 
 use crate::pg::{self, Connection};
@@ -72,10 +73,12 @@ pub extern "C-unwind" fn bgworker_rs_launcher_main(_main_arg: pg_sys::Datum) {
 /// Frees the entries of schedulers that exited and starts those wanted;
 /// returns how long to sleep.
 fn launch_wanted() -> i64 {
-    let (exited, _) = schedulers::reap();
+    let (exited, _) = schedulers::reap(RETRY_MS * 1000);
     let to_start = schedulers::take_to_start(CHECKS_AT_ONCE);
+    // Schedulers that exited unexpectedly start again after a delay.
+    let delayed = schedulers::next_start_ms().map_or(MAX_SLEEP_MS, |ms| ms.clamp(1, MAX_SLEEP_MS));
     if exited.is_empty() && to_start.is_empty() {
-        return MAX_SLEEP_MS;
+        return delayed;
     }
     let databases = pg::in_transaction(c"bgworker_rs job launcher", pg::databases);
     // None: gone, or going (DROP DATABASE marks it invalid first).
@@ -96,7 +99,7 @@ fn launch_wanted() -> i64 {
             }
         }
     }
-    let mut sleep_ms = MAX_SLEEP_MS;
+    let mut sleep_ms = delayed;
     for (i, db) in to_start {
         match connectable(db) {
             Some(true) => {}
@@ -116,7 +119,7 @@ fn launch_wanted() -> i64 {
         }
         if !start(i, db) {
             schedulers::not_started(i, true);
-            sleep_ms = RETRY_MS;
+            sleep_ms = sleep_ms.min(RETRY_MS);
         }
     }
     sleep_ms
@@ -137,6 +140,7 @@ fn start(i: usize, db: u32) -> bool {
     };
     match registration::register_dynamic_worker(Kind::Scheduler, index, args, None) {
         Some(handle) => {
+            crate::faults::launcher_registered();
             registry::set_handle(ticket, handle);
             schedulers::set_handle(i, handle, ticket);
             true

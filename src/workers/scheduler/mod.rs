@@ -133,6 +133,9 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
         let sleep_ms = match outcome {
             Ok(Ok(Step::Leave(why))) => leave(entry, &why),
             Ok(Ok(Step::Ticked(tick))) => {
+                if tick.marked_lost {
+                    state.first = false; // committed
+                }
                 if !state.announced {
                     state.announced = true;
                     schedulers::set_running(entry);
@@ -267,7 +270,9 @@ fn leave(entry: usize, why: &Leave) -> ! {
 
 /// What the scheduler keeps from one wake to the next.
 struct State {
-    /// No wake has completed yet: look for runs a crash left unfinished.
+    /// No wake has yet committed the marking of runs a crash left
+    /// unfinished: look for them, and record the slots an earlier life of
+    /// this scheduler reserved and never launched as failed runs.
     first: bool,
     /// Jobs left alone until then, because handling them failed and even
     /// recording that failed.
@@ -310,6 +315,9 @@ struct Tick {
     idle: bool,
     /// The database's name, for the log.
     database: String,
+    /// This wake marked the runs a crash or restart left unfinished; once
+    /// it commits, later wakes need not.
+    marked_lost: bool,
 }
 
 enum Step {
@@ -372,13 +380,14 @@ fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> 
             slots_full: false,
             idle: false,
             database,
+            marked_lost: false,
         };
         let busy = job_slots::busy(pg::current_database().to_u32());
         if state.first {
             match pg::in_subtransaction(|| outcomes::mark_lost(client, t, &busy)) {
                 Ok(result) => {
                     result?;
-                    state.first = false;
+                    tick.marked_lost = true;
                 }
                 Err(e) => {
                     warning!(
