@@ -9,6 +9,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "bench_parts/jobs.rs"]
+mod jobs;
 
 use common::{Cluster, PORT, bindir, wait_until};
 use postgres::Client;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 struct Options {
     quick: bool,
     out: Option<String>,
+    svg: Option<String>,
 }
 
 struct Figure {
@@ -129,51 +132,6 @@ fn launch_latency(cluster: &Cluster, n: usize) -> Figure {
         ratio,
         goal: "<= 1.2x at p50".into(),
         met: Some(ratio <= 1.2),
-    }
-}
-
-/// Figure 6: a statement's round trip through a job, `bgw_run` then
-/// `bgw_result`, against the same statement over the client connection,
-/// interleaved. A job pays for a worker per run (fork, connect, catalog
-/// caches) plus two scheduler transactions, so this is reported, not judged.
-fn job_round_trip(cluster: &Cluster, n: usize) -> Figure {
-    let mut c = cluster.connect();
-    c.batch_execute(
-        "CREATE TABLE IF NOT EXISTS bench_small AS SELECT g FROM generate_series(1, 100) g",
-    )
-    .unwrap();
-    let q = "SELECT count(*) FROM bench_small";
-    let (mut ours, mut client) = (Vec::new(), Vec::new());
-    for _ in 0..n {
-        let t = Instant::now();
-        let job: i64 = c.query_one("SELECT bgw_run($1)", &[&q]).unwrap().get(0);
-        let status: String = c
-            .query_one("SELECT bgw_result($1, '60s')->>'status'", &[&job])
-            .unwrap()
-            .get(0);
-        ours.push(ms(t.elapsed()));
-        assert_eq!(status, "succeeded", "job {job}");
-
-        let t = Instant::now();
-        c.query_one(q, &[]).unwrap();
-        client.push(ms(t.elapsed()));
-    }
-    let (ours, client) = (sorted(ours), sorted(client));
-    Figure {
-        name: format!("statement round trip via bgw_run + bgw_result, p50 / p99 ({n} jobs)"),
-        ours: format!(
-            "{:.2} / {:.2} ms",
-            percentile(&ours, 0.5),
-            percentile(&ours, 0.99)
-        ),
-        baseline: format!(
-            "{:.2} / {:.2} ms (same statement, client connection)",
-            percentile(&client, 0.5),
-            percentile(&client, 0.99)
-        ),
-        ratio: percentile(&ours, 0.5) / percentile(&client, 0.5),
-        goal: "none (reported)".into(),
-        met: None,
     }
 }
 
@@ -453,11 +411,13 @@ fn main() {
     let mut opts = Options {
         quick: false,
         out: None,
+        svg: None,
     };
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
             "--out" => opts.out = args.next(),
+            "--svg" => opts.svg = args.next(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -483,11 +443,20 @@ fn main() {
         Duration::from_secs(if q { 3 } else { 10 }),
     ));
     figures.push(memory_use(&cluster, if q { 1000 } else { 5000 }));
-    figures.push(job_round_trip(&cluster, if q { 20 } else { 200 }));
+    figures.extend(jobs::job_round_trip(
+        &cluster,
+        if q { 20 } else { 200 },
+        opts.svg.as_deref(),
+    ));
     figures.extend(scale(
         &cluster,
         if q { &[10, 50][..] } else { &[10, 50, 100][..] },
     ));
+    drop(c);
+    drop(cluster);
+    // Clusters of their own: pg_cron preloaded; more job slots.
+    figures.extend(jobs::beside_pg_cron(q));
+    figures.extend(jobs::scheduler_scale(q));
 
     let mut md = String::new();
     let _ = writeln!(md, "| figure | ours | baseline | ratio | goal | met |");
