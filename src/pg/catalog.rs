@@ -196,3 +196,43 @@ pub fn can_create_databases() -> bool {
         createdb
     }
 }
+
+static ROLES_OR_DATABASES_CHANGED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn note_role_or_database_change(
+    _arg: pg_sys::Datum,
+    _cache: std::ffi::c_int,
+    _hash: u32,
+) {
+    ROLES_OR_DATABASES_CHANGED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// From now on this process notes every change of a role or a database
+/// (`pg_authid`, `pg_database`, a cache reset included), as the
+/// invalidation messages arrive, for [`roles_or_databases_changed`]. Once
+/// per process.
+pub fn watch_roles_and_databases() {
+    for cache in [
+        pg_sys::SysCacheIdentifier::AUTHOID,
+        pg_sys::SysCacheIdentifier::DATABASEOID,
+    ] {
+        // SAFETY: registers a callback that only sets an atomic flag;
+        // PostgreSQL keeps it for the life of the process.
+        unsafe {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as std::ffi::c_int,
+                Some(note_role_or_database_change),
+                pg_sys::Datum::from(0),
+            )
+        };
+    }
+}
+
+/// Whether a role or a database may have changed since the last call
+/// (true the first time): the invalidations seen so far, which a
+/// transaction takes in when it starts.
+pub fn roles_or_databases_changed() -> bool {
+    ROLES_OR_DATABASES_CHANGED.swap(false, std::sync::atomic::Ordering::Relaxed)
+}

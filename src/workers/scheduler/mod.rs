@@ -8,7 +8,8 @@
 //!    failed;
 //! 2. cancels jobs whose role, creator or database was dropped (a database
 //!    also when renamed, or when a restore from another cluster gave its OID
-//!    to another one), with the reason;
+//!    to another one), with the reason: when a role or database changed
+//!    (a syscache invalidation), and at least once a minute;
 //! 3. records the outcomes its run workers left in the job slots
 //!    (`outcomes`);
 //! 4. queues a run of each job whose tick or retry is due, and starts
@@ -54,6 +55,9 @@ const QUARANTINE: Duration = Duration::from_secs(60);
 /// How long the scheduler waits for a lock before it leaves the work for
 /// the next wake; row locks are skipped without waiting.
 const LOCK_TIMEOUT: &std::ffi::CStr = c"1s";
+/// Longest time between two looks for jobs of dropped roles and databases
+/// when no change of a role or database was seen.
+const ORPHANS_CHECK_MAX: Duration = Duration::from_secs(60);
 /// How long a scheduler with nothing to do stays, so that jobs created one
 /// after the other do not each start one.
 const LINGER: Duration = Duration::from_secs(5);
@@ -99,6 +103,7 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
         },
         0,
     );
+    pg::watch_roles_and_databases();
     // Over any ALTER DATABASE/ROLE ... SET: the database's owner must not
     // be able to make every wake fail (read-only transactions), wait
     // (isolation, deferrable) or be cancelled, which would keep the
@@ -118,6 +123,8 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
 
     let mut state = State {
         first: true,
+        orphans_due: true,
+        orphans_checked: None,
         quarantine: HashMap::new(),
         requeue: Vec::new(),
         pruned: None,
@@ -135,6 +142,10 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
             Ok(Ok(Step::Ticked(tick))) => {
                 if tick.marked_lost {
                     state.first = false; // committed
+                }
+                if tick.orphans_checked {
+                    state.orphans_due = false;
+                    state.orphans_checked = Some(Instant::now());
                 }
                 if !state.announced {
                     state.announced = true;
@@ -274,6 +285,11 @@ struct State {
     /// unfinished: look for them, and record the slots an earlier life of
     /// this scheduler reserved and never launched as failed runs.
     first: bool,
+    /// A role or database changed since the jobs of dropped ones were last
+    /// cancelled (committed).
+    orphans_due: bool,
+    /// When they were last cancelled (committed).
+    orphans_checked: Option<Instant>,
     /// Jobs left alone until then, because handling them failed and even
     /// recording that failed.
     quarantine: HashMap<i64, Instant>,
@@ -318,6 +334,8 @@ struct Tick {
     /// This wake marked the runs a crash or restart left unfinished; once
     /// it commits, later wakes need not.
     marked_lost: bool,
+    /// This wake cancelled the jobs of dropped roles and databases.
+    orphans_checked: bool,
 }
 
 enum Step {
@@ -381,6 +399,7 @@ fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> 
             idle: false,
             database,
             marked_lost: false,
+            orphans_checked: false,
         };
         let busy = job_slots::busy(pg::current_database().to_u32());
         if state.first {
@@ -398,11 +417,24 @@ fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> 
                 }
             }
         }
-        match pg::in_subtransaction(|| cancel_orphans(client, t)) {
-            Ok(result) => result?,
-            Err(e) => {
-                warn_unless_locked("cancel the jobs of dropped roles and databases", &e);
-                tick.retry = true;
+        // Only when a role or database changed (or a while passed): with
+        // many jobs this scan is most of a wake's cost. Runs are safe without
+        // it: each start checks its roles and database again.
+        state.orphans_due |= pg::roles_or_databases_changed();
+        if state.orphans_due
+            || state
+                .orphans_checked
+                .is_none_or(|at| at.elapsed() >= ORPHANS_CHECK_MAX)
+        {
+            match pg::in_subtransaction(|| cancel_orphans(client, t)) {
+                Ok(result) => {
+                    result?;
+                    tick.orphans_checked = true;
+                }
+                Err(e) => {
+                    warn_unless_locked("cancel the jobs of dropped roles and databases", &e);
+                    tick.retry = true;
+                }
             }
         }
         if !state.requeue.is_empty() {
