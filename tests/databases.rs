@@ -789,9 +789,11 @@ fn a_terminated_scheduler_comes_back_and_keeps_no_job_slot() {
     // Terminated as soon as it appears, so in the middle of its wakes
     // (reserving the slot of the next run, often); nothing else asks for
     // it: it must come back by itself each time.
+    // Five times: more in a row, soon after each start, and the launcher
+    // gives up until a job commits (`schedulers::MAX_FAILURES`).
     let mut killed = 0;
     let mut last = 0;
-    while killed < 25 {
+    while killed < 5 {
         let pid = wait_until("adb's scheduler back after pg_terminate_backend", T, || {
             admin
                 .query_opt(
@@ -836,6 +838,56 @@ fn a_scheduler_that_leaves_before_the_launcher_records_it_is_still_seen_to_exit(
             (cluster.log_count("database \"postgres\": no active job; leaving") > n).then_some(())
         });
     }
+}
+
+#[test]
+fn a_database_owner_cannot_make_an_error_end_the_scheduler() {
+    let (cluster, mut admin) = start(BASE);
+    let mut alice = owned_by_alice(&cluster, &mut admin);
+    // Would turn every ERROR the scheduler handles into a FATAL exit.
+    alice
+        .batch_execute("ALTER DATABASE adb SET exit_on_error = on")
+        .unwrap();
+    drop(alice);
+    let mut alice = cluster.connect_as("alice", "adb");
+    let id = job(&mut alice, "SELECT bgw_run('SELECT 1', every => '200ms')");
+    wait_for_runs_beyond(&mut alice, id, 0);
+    let pid = wait_until("adb's scheduler", T, || scheduler_pid(&mut admin, "adb"));
+    // A lock the scheduler waits on until its lock_timeout: an ERROR in a
+    // wake, which it handles.
+    let mut locker = cluster.connect_as("postgres", "adb");
+    locker
+        .batch_execute("BEGIN; LOCK TABLE bgw_job_runs IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let waiting = |admin: &mut Client| -> i64 {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE pid = $1 AND NOT granted",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0)
+    };
+    wait_until("the scheduler waiting for the lock", T, || {
+        (waiting(&mut admin) > 0).then_some(())
+    });
+    wait_until("the scheduler's lock_timeout", T, || {
+        (waiting(&mut admin) == 0).then_some(())
+    });
+    locker.batch_execute("COMMIT").unwrap();
+    // (The job that met the lock is left alone for a while; a new one runs.)
+    let other = job(&mut alice, "SELECT bgw_run('SELECT 2')");
+    let r = outcome(&mut alice, other);
+    assert_eq!(status(&r).0, Some("succeeded"), "{r}");
+    assert_ne!(id, other);
+    assert_eq!(
+        scheduler_pid(&mut admin, "adb"),
+        Some(pid),
+        "the scheduler exited:\n{}",
+        cluster.log()
+    );
+    drop(alice);
+    still_contained(&mut admin);
 }
 
 #[test]

@@ -56,6 +56,29 @@ pub struct Entry {
     /// (terminated, or an error) starts no sooner than this (µs since the
     /// Unix epoch), so that one that fails at once never loops hot.
     pub not_before: i64,
+    /// Such exits in a row, each before its first wake completed and
+    /// within `HEALTHY_US` of its start: the delay doubles with each, and
+    /// after `MAX_FAILURES` the entry is given up (a job committed there
+    /// asks for a scheduler again).
+    pub failures: u8,
+    /// When the launcher last took the entry to start (µs since the Unix
+    /// epoch).
+    pub started_at: i64,
+}
+
+/// A scheduler that ran this long before it exited unexpectedly was
+/// healthy: its restart starts a new count of failures.
+const HEALTHY_US: i64 = 60_000_000;
+/// Unexpected exits in a row, each soon after its start, before the
+/// launcher gives the entry up.
+pub const MAX_FAILURES: u8 = 5;
+/// Longest delay before a restart; a `not_before` further ahead than this
+/// means the wall clock stepped back, and is ignored.
+const MAX_DELAY_US: i64 = 60_000_000;
+
+/// Whether a `Wanted` entry is held back by its restart delay at `now`.
+fn delayed(e: &Entry, now: i64) -> bool {
+    e.not_before > now && e.not_before - now <= MAX_DELAY_US
 }
 
 impl Entry {
@@ -174,9 +197,12 @@ pub fn recover() {
 pub fn want_some(pending: &mut Vec<u32>) {
     SCHEDULERS.write(|entries| {
         while let Some(&db) = pending.last() {
+            // Entries held back by a restart delay (a scheduler that keeps
+            // failing) never keep the other databases' checks waiting.
+            let now = pg::now_unix_micros();
             let queued = entries
                 .iter()
-                .filter(|e| matches!(e.state, State::Wanted | State::Starting))
+                .filter(|e| matches!(e.state, State::Wanted | State::Starting) && !delayed(e, now))
                 .count();
             if queued >= CHECKS_QUEUED || entry_for(entries, db).is_none() {
                 break;
@@ -203,11 +229,12 @@ pub fn take_to_start(at_most_starting: usize) -> Vec<(usize, u32)> {
             if taken.len() >= room {
                 break;
             }
-            if e.state == State::Wanted && e.held == 0 && e.not_before <= now {
+            if e.state == State::Wanted && e.held == 0 && !delayed(e, now) {
                 e.state = State::Starting;
                 e.requested = false;
                 e.has_handle = false;
                 e.pid = 0;
+                e.started_at = now;
                 taken.push((i, e.database));
             }
         }
@@ -254,7 +281,7 @@ pub fn next_start_ms() -> Option<i64> {
     SCHEDULERS.read(|entries| {
         entries
             .iter()
-            .filter(|e| e.state == State::Wanted && e.held == 0 && e.not_before > now)
+            .filter(|e| e.state == State::Wanted && e.held == 0 && delayed(e, now))
             .map(|e| (e.not_before - now + 999) / 1000)
             .min()
     })
@@ -264,9 +291,11 @@ pub fn next_start_ms() -> Option<i64> {
 /// frees its entry, or makes it wanted again if a request came meanwhile
 /// (or a utility statement holds it), or if it exited without deciding to
 /// leave (it was terminated, or failed): then after `restart_delay_us`,
-/// since its jobs still need it. Returns the databases whose scheduler
-/// exited, and whether any entry is wanted.
-pub fn reap(restart_delay_us: i64) -> (Vec<u32>, bool) {
+/// doubled with each such exit in a row, since its jobs still need it;
+/// after `MAX_FAILURES` of them it is given up unless asked for. Returns
+/// the databases whose scheduler exited, those given up, and whether any
+/// entry is wanted.
+pub fn reap(restart_delay_us: i64) -> (Vec<u32>, Vec<u32>, bool) {
     let now = pg::now_unix_micros();
     let started: Vec<(usize, RawHandle)> = SCHEDULERS.read(|entries| {
         entries
@@ -285,6 +314,7 @@ pub fn reap(restart_delay_us: i64) -> (Vec<u32>, bool) {
     let mut unstarted = Vec::new();
     let result = SCHEDULERS.write(|entries| {
         let mut exited = Vec::new();
+        let mut given_up = Vec::new();
         for (i, handle) in gone {
             let Some(e) = entries
                 .get_mut(i)
@@ -302,17 +332,30 @@ pub fn reap(restart_delay_us: i64) -> (Vec<u32>, bool) {
                 });
             }
             let unexpected = e.state != State::Leaving;
-            if e.requested || e.held > 0 || unexpected {
+            // One that ran its first wake, or ran a while, was healthy:
+            // its restart starts a new count.
+            let healthy = e.state == State::Running || now - e.started_at >= HEALTHY_US;
+            let failures = match unexpected {
+                false => 0,
+                true if healthy => 1,
+                true => e.failures.saturating_add(1),
+            };
+            let give_up = failures > MAX_FAILURES && !e.requested && e.held == 0;
+            if give_up {
+                given_up.push(e.database);
+            }
+            if !give_up && (e.requested || e.held > 0 || unexpected) {
+                let delay = match failures {
+                    0 => 0,
+                    n => (restart_delay_us << (n - 1).min(16)).min(MAX_DELAY_US),
+                };
                 *e = Entry {
                     state: State::Wanted,
                     database: e.database,
                     held: e.held,
                     requested: e.requested,
-                    not_before: if unexpected {
-                        now + restart_delay_us
-                    } else {
-                        0
-                    },
+                    not_before: now + delay,
+                    failures,
                     ..Entry::default()
                 };
             } else {
@@ -322,7 +365,7 @@ pub fn reap(restart_delay_us: i64) -> (Vec<u32>, bool) {
         let wanted = entries
             .iter()
             .any(|e| e.state == State::Wanted && e.held == 0);
-        (exited, wanted)
+        (exited, given_up, wanted)
     });
     for ticket in unstarted {
         registry::forget_unstarted(ticket);

@@ -14,8 +14,10 @@
 //!   schedulers in shared memory, `shmem::schedulers`) and sets the
 //!   launcher's latch; the scheduler starts at once.
 //! - A scheduler that exits is noticed through `bgw_notify_pid`; if a job
-//!   committed meanwhile it starts again, as it does (after `RETRY_MS`)
-//!   when it exited without deciding to leave: terminated, or failed. The runs of a database that was
+//!   committed meanwhile it starts again, as it does (after `RETRY_MS`,
+//!   doubled for each such exit in a row) when it exited without deciding
+//!   to leave: terminated, or failed; one that keeps failing soon after
+//!   its start is given up, with a LOG line, until a job commits there. The runs of a database that was
 //!   dropped are stopped and their slots freed.
 
 use crate::pg::{self, Connection};
@@ -73,7 +75,13 @@ pub extern "C-unwind" fn bgworker_rs_launcher_main(_main_arg: pg_sys::Datum) {
 /// Frees the entries of schedulers that exited and starts those wanted;
 /// returns how long to sleep.
 fn launch_wanted() -> i64 {
-    let (exited, _) = schedulers::reap(RETRY_MS * 1000);
+    let (exited, given_up, _) = schedulers::reap(RETRY_MS * 1000);
+    for db in given_up {
+        log!(
+            "bgworker_rs job launcher: the job scheduler of database with OID {db} exited unexpectedly {} times in a row soon after starting; it starts again when a job is committed there",
+            schedulers::MAX_FAILURES + 1
+        );
+    }
     let to_start = schedulers::take_to_start(CHECKS_AT_ONCE);
     // Schedulers that exited unexpectedly start again after a delay.
     let delayed = schedulers::next_start_ms().map_or(MAX_SLEEP_MS, |ms| ms.clamp(1, MAX_SLEEP_MS));

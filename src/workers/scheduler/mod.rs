@@ -116,9 +116,15 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
         (c"default_transaction_deferrable", c"off"),
         (c"statement_timeout", c"0"),
         (c"idle_in_transaction_session_timeout", c"0"),
+        // An error it handles must never end it (FATAL).
+        (c"exit_on_error", c"off"),
     ] {
         pg::set_option_for_process(name, value);
     }
+    // PostgreSQL 17+: a transaction timeout would end it (FATAL) in every
+    // wake, and the launcher would start it again and again.
+    #[cfg(feature = "pg18")]
+    pg::set_option_for_process(c"transaction_timeout", c"0");
     registry::report_running();
 
     let mut state = State {
@@ -403,7 +409,7 @@ fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> 
         };
         let busy = job_slots::busy(pg::current_database().to_u32());
         if state.first {
-            match pg::in_subtransaction(|| outcomes::mark_lost(client, t, &busy)) {
+            match pg::in_subtransaction(|| outcomes::mark_lost(client, t, &busy, &state.requeue)) {
                 Ok(result) => {
                     result?;
                     tick.marked_lost = true;

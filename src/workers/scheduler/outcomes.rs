@@ -61,15 +61,20 @@ fn stored_as_failed(
     )
 }
 
-/// Runs left unfinished by a crash or a restart: their worker is gone, and
-/// no job slot holds them (a crash reinitializes shared memory).
+/// Runs left unfinished by a crash or a restart: their worker is gone, no
+/// job slot holds them (a crash reinitializes shared memory), and this
+/// scheduler is not about to queue them again (`requeue`: their worker
+/// could not be registered).
 pub(super) fn mark_lost(
     client: &mut SpiClient<'_>,
     t: &Tables,
     busy: &[(usize, Slot)],
+    requeue: &[(i64, i32)],
 ) -> SpiResult<()> {
-    let jobs: Vec<i64> = busy.iter().map(|(_, s)| s.job).collect();
-    let runs: Vec<i32> = busy.iter().map(|(_, s)| s.run).collect();
+    let (mut jobs, mut runs): (Vec<i64>, Vec<i32>) =
+        busy.iter().map(|(_, s)| (s.job, s.run)).unzip();
+    jobs.extend(requeue.iter().map(|&(job, _)| job));
+    runs.extend(requeue.iter().map(|&(_, run)| run));
     let lost = client
         .update(
             &format!(
