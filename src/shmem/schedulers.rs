@@ -331,7 +331,9 @@ pub fn reap(restart_delay_us: i64) -> (Vec<u32>, Vec<u32>, bool) {
                     epoch: e.registry_epoch,
                 });
             }
-            let unexpected = e.state != State::Leaving;
+            // A utility statement's hold stopped it: expected, and it starts
+            // again once the hold is released.
+            let unexpected = e.state != State::Leaving && e.held == 0;
             // One that ran its first wake, or ran a while, was healthy:
             // its restart starts a new count.
             let healthy = e.state == State::Running || now - e.started_at >= HEALTHY_US;
