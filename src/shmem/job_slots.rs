@@ -288,18 +288,21 @@ fn fair(slots: &[Slot], home: u32, waiting: &[(u32, i64)]) -> bool {
 }
 
 /// A scheduler takes a free slot for a run; `None` when all are busy, or
-/// when the free one is another waiting database's turn.
+/// when the free one is another waiting database's turn. Then that
+/// database's scheduler is woken: it may have looked (and been refused,
+/// the turn being ours) before we took our share, and nothing else would
+/// wake it while the slot stays free.
 pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
     if run.sql.len() > SQL_MAX {
         return None; // bgw_run refuses longer statements
     }
     // Read first, so that the two locks are never held together.
     let waiting = schedulers::waiting();
-    SLOTS.write(|slots| {
-        if !fair(slots, run.home, &waiting) {
-            return None;
-        }
+    let taken = SLOTS.write(|slots| {
         let i = slots.iter().position(|s| s.state == SlotState::Free)?;
+        if !fair(slots, run.home, &waiting) {
+            return Some(None);
+        }
         let s = &mut slots[i];
         *s = Slot::default();
         s.state = SlotState::Reserved;
@@ -314,8 +317,12 @@ pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
         s.registry_slot = registry.slot;
         s.registry_epoch = registry.epoch;
         s.sql_len = copy_cut(run.sql, &mut s.sql) as u32;
-        Some(i)
-    })
+        Some(Some(i))
+    });
+    if taken == Some(None) {
+        schedulers::wake_waiting(run.home);
+    }
+    taken.flatten()
 }
 
 pub fn set_launched(i: usize, handle: RawHandle) {
