@@ -521,6 +521,87 @@ fn a_flooded_queue_in_one_database_never_holds_every_slot() {
     );
 }
 
+/// A scheduler's wakes so far, from bgw_list().
+fn scheduler_wakes(c: &mut Client, database: &str) -> i64 {
+    c.query_one(
+        "SELECT coalesce(sum(iterations), 0)::int8 FROM bgw_list() \
+          WHERE kind = 'scheduler' AND database = $1::text::name",
+        &[&database],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn without_worker_slots_two_waiting_databases_never_wake_each_other_in_a_loop() {
+    // Room for the launcher, two schedulers, two runs and PostgreSQL's
+    // logical replication launcher: no more workers. That one is not ours,
+    // so our registry (sized by max_worker_processes) still has room and
+    // a run takes a job slot before its worker cannot be registered.
+    let (cluster, mut admin) = start(&[
+        "bgworker_rs.total_workers = 0",
+        "bgworker_rs.max_jobs = 3",
+        "max_worker_processes = 6",
+        "max_parallel_workers_per_gather = 0",
+    ]);
+    let mut flood = database(&cluster, &mut admin, "flood");
+    let mut small = database(&cluster, &mut admin, "small");
+    // A job that keeps the small database's scheduler up.
+    small
+        .batch_execute("SELECT bgw_schedule('keep', '0 0 1 1 *', 'SELECT 1')")
+        .unwrap();
+    wait_until("the small database's scheduler", T, || {
+        scheduler_pid(&mut admin, "small")
+    });
+    // Two runs take the last worker slots; a third has a job slot but no
+    // worker, and waits.
+    flood
+        .batch_execute("SELECT bgw_run('SELECT pg_sleep(120)') FROM generate_series(1, 3)")
+        .unwrap();
+    wait_until("two flood runs running", T, || {
+        (scalar_i64(
+            &mut flood,
+            "SELECT count(*) FROM bgw_jobs WHERE state = 'running'",
+        ) == 2)
+            .then_some(())
+    });
+    // The small database's run has the better claim to the free job slot
+    // (it holds none), but cannot start a worker either.
+    let id = job(&mut small, "SELECT bgw_run('SELECT 1')");
+    // Both now wait; each refusal of the flood wakes the small database's
+    // scheduler, whose failed start must not wake the flood again.
+    let (wakes, at) = (scheduler_wakes(&mut admin, "small"), Instant::now());
+    let flood_wakes = scheduler_wakes(&mut admin, "flood");
+    // Three looks of the flood's scheduler, which retries once a second.
+    wait_until("three flood wakes", T, || {
+        (scheduler_wakes(&mut admin, "flood") >= flood_wakes + 3).then_some(())
+    });
+    let (woke, took) = (scheduler_wakes(&mut admin, "small") - wakes, at.elapsed());
+    let per_second = woke as f64 / took.as_secs_f64().max(0.001);
+    assert!(
+        per_second < 50.0,
+        "the small database's scheduler woke {woke} times in {took:?}: a busy loop"
+    );
+    // Once worker slots free, the waiting run starts, and so do others.
+    // (The flood's queued run may start as it is cancelled: cancel until
+    // none is left.)
+    wait_until("the flood cancelled", T, || {
+        flood
+            .batch_execute("SELECT bgw_cancel(id) FROM bgw_jobs")
+            .unwrap();
+        (scalar_i64(
+            &mut flood,
+            "SELECT count(*) FROM bgw_jobs WHERE state IN ('running', 'queued')",
+        ) == 0)
+            .then_some(())
+    });
+    let r = outcome(&mut small, id);
+    assert_eq!(status(&r).0, Some("succeeded"), "{r}");
+    let id = job(&mut admin, "SELECT bgw_run('SELECT 1 AS one')");
+    let r = outcome(&mut admin, id);
+    assert_eq!(status(&r).0, Some("succeeded"), "{r}");
+}
+
 #[test]
 fn the_upgrade_from_0_1_0_keeps_existing_jobs_running() {
     // The 0.1.0 install script, as it was released, next to this version's.

@@ -267,12 +267,7 @@ pub fn is_available() -> bool {
 /// between the databases that want them, and no database can hold them all
 /// while another's runs wait.
 fn fair(slots: &[Slot], home: u32, waiting: &[(u32, i64)]) -> bool {
-    let used = |db: u32| {
-        slots
-            .iter()
-            .filter(|s| s.state != SlotState::Free && s.home == db)
-            .count()
-    };
+    let used = |db: u32| used_by(slots, db);
     let mine = used(home);
     let my_since = waiting
         .iter()
@@ -287,11 +282,28 @@ fn fair(slots: &[Slot], home: u32, waiting: &[(u32, i64)]) -> bool {
         })
 }
 
+/// The waiting database (not `home`) whose turn it is: the fewest slots in
+/// use, then the longest wait.
+fn next_turn(slots: &[Slot], home: u32, waiting: &[(u32, i64)]) -> Option<u32> {
+    waiting
+        .iter()
+        .filter(|(db, since)| *db != home && *since != 0)
+        .min_by_key(|(db, since)| (used_by(slots, *db), *since))
+        .map(|(db, _)| *db)
+}
+
+fn used_by(slots: &[Slot], home: u32) -> usize {
+    slots
+        .iter()
+        .filter(|s| s.state != SlotState::Free && s.home == home)
+        .count()
+}
+
 /// A scheduler takes a free slot for a run; `None` when all are busy, or
 /// when the free one is another waiting database's turn. Then that
-/// database's scheduler is woken: it may have looked (and been refused,
-/// the turn being ours) before we took our share, and nothing else would
-/// wake it while the slot stays free.
+/// database's scheduler (that one only) is woken: it may have looked (and
+/// been refused, the turn being ours) before we took our share, and
+/// nothing else would wake it while the slot stays free.
 pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
     if run.sql.len() > SQL_MAX {
         return None; // bgw_run refuses longer statements
@@ -301,7 +313,7 @@ pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
     let taken = SLOTS.write(|slots| {
         let i = slots.iter().position(|s| s.state == SlotState::Free)?;
         if !fair(slots, run.home, &waiting) {
-            return Some(None);
+            return Some(Err(next_turn(slots, run.home, &waiting)));
         }
         let s = &mut slots[i];
         *s = Slot::default();
@@ -317,12 +329,18 @@ pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
         s.registry_slot = registry.slot;
         s.registry_epoch = registry.epoch;
         s.sql_len = copy_cut(run.sql, &mut s.sql) as u32;
-        Some(Some(i))
+        Some(Ok(i))
     });
-    if taken == Some(None) {
-        schedulers::wake_waiting(run.home);
+    match taken {
+        Some(Ok(i)) => Some(i),
+        Some(Err(turn)) => {
+            if let Some(database) = turn {
+                schedulers::wake_waiting_in(database);
+            }
+            None
+        }
+        None => None,
     }
-    taken.flatten()
 }
 
 pub fn set_launched(i: usize, handle: RawHandle) {
@@ -405,12 +423,21 @@ pub fn report_progress(i: usize, id: RunId, statements: &str, position: i32, tex
 /// Frees slot `i` if it still holds run `id`, and wakes the schedulers
 /// waiting for one.
 pub fn free(i: usize, id: RunId) {
+    free_quietly(i, id);
+    schedulers::wake_waiting(id.home);
+}
+
+/// Frees slot `i`, whose worker could not be registered (no background
+/// worker slot), without waking anyone: the others could not start a
+/// worker either, and a scheduler refused the slot would wake this one
+/// again ([`reserve`]), each wake a failed registration, in a busy loop.
+/// The waiting schedulers look again within their retry delay.
+pub fn free_quietly(i: usize, id: RunId) {
     SLOTS.write(|slots| {
         if let Some(s) = slots.get_mut(i).filter(|s| s.run_id() == id) {
             *s = Slot::default();
         }
     });
-    schedulers::wake_waiting(id.home);
 }
 
 /// Stops the runs of `home`'s jobs connected to `database` (which is about
@@ -600,6 +627,18 @@ mod unit_tests {
         let empty = used(&[]);
         assert!(!fair(&empty, 3, &[(1, 10)]));
         assert!(fair(&empty, 1, &[(1, 10)]));
+    }
+
+    #[test]
+    fn a_refused_scheduler_wakes_only_the_database_whose_turn_it_is() {
+        // 1 holds two; 2 and 3 hold one each, and 2 has waited longer.
+        let slots = used(&[1, 1, 2, 3]);
+        let waiting = [(1, 5), (2, 10), (3, 20), (4, 0)];
+        assert!(!fair(&slots, 1, &waiting));
+        assert_eq!(next_turn(&slots, 1, &waiting), Some(2));
+        // Never itself, never one that does not wait.
+        assert_eq!(next_turn(&slots, 2, &waiting), Some(3));
+        assert_eq!(next_turn(&slots, 1, &[(1, 5), (4, 0)]), None);
     }
 
     #[test]

@@ -460,6 +460,22 @@ pub fn wake_waiting(except: u32) {
     }
 }
 
+/// Wakes the scheduler of `database` if it waits for a slot.
+pub fn wake_waiting_in(database: u32) {
+    if !is_available() {
+        return;
+    }
+    let pid = SCHEDULERS.read(|entries| {
+        entries
+            .iter()
+            .find(|e| e.is_live() && e.waiting_since != 0 && e.database == database)
+            .map(|e| e.pid)
+    });
+    if let Some(pid) = pid.filter(|&pid| pid > 0) {
+        pg::wake_backend(pid);
+    }
+}
+
 /// A scheduler with nothing to do leaves, unless something was asked of
 /// it since its last wake began (then it looks again).
 pub fn try_leave(i: usize) -> bool {

@@ -582,7 +582,7 @@ pub(super) fn launch(launches: &[Launch]) -> Vec<(i64, i32)> {
             }
             None => {
                 registry::release(l.args.ticket);
-                job_slots::free(l.slot, super::run_id(l.job, l.run));
+                job_slots::free_quietly(l.slot, super::run_id(l.job, l.run));
                 requeue.push((l.job, l.run));
             }
         }
