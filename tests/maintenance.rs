@@ -483,16 +483,30 @@ fn a_concurrent_index_build_shows_its_progress() {
     let statement = "CREATE INDEX CONCURRENTLY ci_x ON ci (x)";
     let j = job(&mut c, &format!("SELECT bgw_run('{statement}')"));
     let pid = pid_running(&mut c, j, statement);
-    let phase: String = wait_until("the build's progress", T_JOBS, || {
+    // The row appears in "initializing" first; the build then waits for the
+    // writer, and must still be waiting while the writer's transaction is
+    // open.
+    let phase: String = wait_until("the build to wait for the writer", T_JOBS, || {
         c.query_opt(
             "SELECT phase FROM pg_stat_progress_create_index \
-              WHERE pid = $1 AND relid = 'ci'::regclass",
+              WHERE pid = $1 AND relid = 'ci'::regclass \
+                AND phase LIKE 'waiting for%'",
             &[&pid],
         )
         .unwrap()
         .map(|r| r.get(0))
     });
     assert!(phase.starts_with("waiting for"), "{phase}");
+    assert!(
+        flag(
+            &mut c,
+            &format!(
+                "SELECT EXISTS (SELECT FROM pg_stat_activity \
+                                 WHERE pid = {pid} AND state = 'active')"
+            )
+        ),
+        "the build finished while a writer's transaction was open"
+    );
     writer.batch_execute("COMMIT").unwrap();
     let r = finished_run(&mut c, j, 1);
     assert_eq!(status(&r), (Some("succeeded"), None), "{r}");
