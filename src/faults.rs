@@ -6,12 +6,46 @@
 static PANIC_AT_ITERATION: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
 #[cfg(feature = "fault_injection")]
 static LAUNCHER_PAUSE_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
+#[cfg(feature = "fault_injection")]
+static BEFORE_RESERVE_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
+#[cfg(feature = "fault_injection")]
+static BEFORE_LAUNCH_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
 
 /// Defines `bgworker_rs.debug_panic_at_iteration` (superuser, 0 = never)
-/// and `bgworker_rs.debug_launcher_pause_ms` (superuser, 0 = none).
+/// and the pauses `bgworker_rs.debug_launcher_pause_ms`,
+/// `debug_pause_before_reserve_ms` and `debug_pause_before_launch_ms`
+/// (superuser, 0 = none).
 pub fn init() {
     #[cfg(feature = "fault_injection")]
     {
+        for (name, description, setting) in [
+            (
+                c"bgworker_rs.debug_launcher_pause_ms",
+                c"Test builds only: the job launcher pauses this long after registering a scheduler, before it records the handle.",
+                &LAUNCHER_PAUSE_MS,
+            ),
+            (
+                c"bgworker_rs.debug_pause_before_reserve_ms",
+                c"Test builds only: a scheduler pauses this long before it takes a job slot for a queued run it has locked.",
+                &BEFORE_RESERVE_MS,
+            ),
+            (
+                c"bgworker_rs.debug_pause_before_launch_ms",
+                c"Test builds only: a scheduler pauses this long after committing the runs it starts, before it registers their workers.",
+                &BEFORE_LAUNCH_MS,
+            ),
+        ] {
+            pgrx::guc::GucRegistry::define_int_guc(
+                name,
+                description,
+                c"0 means no pause.",
+                setting,
+                0,
+                10_000,
+                pgrx::guc::GucContext::Suset,
+                pgrx::guc::GucFlags::default(),
+            );
+        }
         pgrx::guc::GucRegistry::define_int_guc(
             c"bgworker_rs.debug_panic_at_iteration",
             c"Test builds only: workers panic in this iteration of their loop.",
@@ -22,16 +56,6 @@ pub fn init() {
             pgrx::guc::GucContext::Suset,
             pgrx::guc::GucFlags::default(),
         );
-        pgrx::guc::GucRegistry::define_int_guc(
-            c"bgworker_rs.debug_launcher_pause_ms",
-            c"Test builds only: the job launcher pauses this long after registering a scheduler, before it records the handle.",
-            c"0 means no pause.",
-            &LAUNCHER_PAUSE_MS,
-            0,
-            10_000,
-            pgrx::guc::GucContext::Suset,
-            pgrx::guc::GucFlags::default(),
-        );
     }
 }
 
@@ -39,15 +63,40 @@ pub fn init() {
 /// a slow launcher, whose scheduler may run (and leave) meanwhile.
 pub fn launcher_registered() {
     #[cfg(feature = "fault_injection")]
-    {
-        let ms = LAUNCHER_PAUSE_MS.get();
-        let until = std::time::Instant::now() + std::time::Duration::from_millis(ms as u64);
-        // A signal (a worker's start, reported to the launcher) ends a
-        // sleep early: sleep again until the time is up.
-        while std::time::Instant::now() < until {
-            // SAFETY: a plain sleep of this process; test builds only.
-            unsafe { pgrx::pg_sys::pg_usleep(10_000) };
-        }
+    pause(LAUNCHER_PAUSE_MS.get());
+}
+
+/// A scheduler has locked job `job`'s queued run `run` and is about to take
+/// its job slot: a slow start, which `bgw_cancel` may meet. The pause is
+/// logged first, so that a test knows when to act.
+pub fn before_reserve(_job: i64, _run: i32) {
+    #[cfg(feature = "fault_injection")]
+    logged_pause("before reserve", _job, _run, BEFORE_RESERVE_MS.get());
+}
+
+/// A scheduler has committed job `job`'s run `run` as running and is about
+/// to register its worker.
+pub fn before_launch(_job: i64, _run: i32) {
+    #[cfg(feature = "fault_injection")]
+    logged_pause("before launch", _job, _run, BEFORE_LAUNCH_MS.get());
+}
+
+#[cfg(feature = "fault_injection")]
+fn logged_pause(at: &str, job: i64, run: i32, ms: i32) {
+    if ms > 0 {
+        pgrx::log!("bgworker_rs test pause {at}: job {job} run {run}, {ms} ms");
+        pause(ms);
+    }
+}
+
+#[cfg(feature = "fault_injection")]
+fn pause(ms: i32) {
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms.max(0) as u64);
+    // A signal (a worker's start, a wake) ends a sleep early: sleep again
+    // until the time is up.
+    while std::time::Instant::now() < until {
+        // SAFETY: a plain sleep of this process; test builds only.
+        unsafe { pgrx::pg_sys::pg_usleep(10_000) };
     }
 }
 

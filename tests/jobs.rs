@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::jobs::finished_run;
 use common::*;
 use postgres::Client;
 use serde_json::Value;
@@ -324,6 +325,49 @@ fn cancel_stops_a_running_job_at_once() {
         (job_state(&mut c, job) == "cancelled").then_some(())
     });
     drop(cluster);
+}
+
+/// bgw_cancel while the scheduler is starting the run, at each step of the
+/// start: the queued run locked by the scheduler but no job slot taken yet,
+/// and the run committed as running but no worker registered yet. (Test
+/// builds pause the scheduler there, and log when.) The run is stopped
+/// either way and never does its work; before, it escaped the cancel and
+/// ran to its end.
+#[test]
+fn a_cancel_while_the_run_is_being_started_stops_it() {
+    for at in ["reserve", "launch"] {
+        let pause = format!("bgworker_rs.debug_pause_before_{at}_ms = 3000");
+        let (cluster, mut c) = start_with_extension(&[BASE, &[pause.as_str()]].concat());
+        c.batch_execute("CREATE TABLE hits (x int)").unwrap();
+        let job = run(&mut c, "SELECT bgw_run('INSERT INTO hits VALUES (1)')");
+        cluster.wait_for_log(&format!("test pause before {at}: job {job} run 1,"), T);
+        assert!(
+            c.query_one("SELECT bgw_cancel($1)", &[&job])
+                .unwrap()
+                .get::<_, bool>(0),
+            "{at}: bgw_cancel found nothing to cancel"
+        );
+        let r = finished_run(&mut c, job, 1);
+        assert_eq!(
+            status_code_error(&r),
+            (
+                Some("cancelled"),
+                Some("57P01"),
+                Some("cancelled by bgw_cancel()")
+            ),
+            "{at}: {r}"
+        );
+        assert_eq!(
+            scalar_i64(&mut c, "SELECT count(*) FROM hits"),
+            0,
+            "{at}: the cancelled run did its work"
+        );
+        assert_eq!(job_state(&mut c, job), "cancelled", "{at}");
+        // Nothing is left behind: another job runs (after its own pause).
+        let other = run(&mut c, "SELECT bgw_run('SELECT 1 AS ok')");
+        assert_eq!(result(&mut c, other)["status"], "succeeded", "{at}");
+        drop(cluster);
+    }
 }
 
 #[test]

@@ -470,16 +470,14 @@ fn bgw_cancel(job: Option<i64>) -> bool {
 
 /// Cancels a job the caller may manage: its run in progress is stopped, a
 /// queued one never starts, and no more come.
+///
+/// The tables first: a run the scheduler is starting is locked by it, so
+/// the update of its row waits for the scheduler's commit and then finds it
+/// running, not queued. Only then are the job slots looked at, where that
+/// run now holds one; had it looked first, the run would have escaped both.
+/// A slot only reserved has no worker yet: the scheduler terminates the one
+/// it registers (`job_slots::set_launched`).
 pub(super) fn cancel(job: i64) -> bool {
-    let stopped = match job_slots::request_cancel(pg::current_database().to_u32(), job) {
-        Some(handle) => {
-            if let Some(handle) = handle {
-                pg::terminate_worker(handle);
-            }
-            true
-        }
-        None => false,
-    };
     let updated = store::with_installed_tables(|client, t| {
         let n = client
             .update(
@@ -508,6 +506,15 @@ pub(super) fn cancel(job: i64) -> bool {
         Ok(n + queued)
     })
     .unwrap_or_else(|e| error!("cannot cancel job {job}: {e}"));
+    let stopped = match job_slots::request_cancel(pg::current_database().to_u32(), job) {
+        Some(handle) => {
+            if let Some(handle) = handle {
+                pg::terminate_worker(handle);
+            }
+            true
+        }
+        None => false,
+    };
     wake_scheduler_at_commit();
     stopped || updated > 0
 }

@@ -343,14 +343,34 @@ pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
     }
 }
 
-pub fn set_launched(i: usize, handle: RawHandle) {
-    SLOTS.write(|slots| {
-        if let Some(s) = slots.get_mut(i).filter(|s| s.state == SlotState::Reserved) {
-            s.state = SlotState::Launched;
-            s.handle = handle;
-            s.has_handle = true;
-        }
-    });
+/// What `set_launched` found in the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launched {
+    Recorded,
+    /// `bgw_cancel` came while the slot was only reserved: the worker must
+    /// be terminated by whoever launched it.
+    CancelRequested,
+}
+
+/// Records the worker of reserved slot `i`. Under the same lock as
+/// `request_cancel`: either that sees the handle and terminates the
+/// worker, or this reports the request and the caller does.
+pub fn set_launched(i: usize, handle: RawHandle) -> Launched {
+    SLOTS.write(
+        |slots| match slots.get_mut(i).filter(|s| s.state == SlotState::Reserved) {
+            Some(s) => {
+                s.state = SlotState::Launched;
+                s.handle = handle;
+                s.has_handle = true;
+                if s.cancel_requested {
+                    Launched::CancelRequested
+                } else {
+                    Launched::Recorded
+                }
+            }
+            None => Launched::Recorded,
+        },
+    )
 }
 
 /// Whose run a worker reports on: a slot taken from it (its scheduler
@@ -547,7 +567,8 @@ pub fn running_pid(home: u32, job: i64) -> Option<i32> {
 }
 
 /// `bgw_cancel()`: marks job `job`'s run in progress as cancelled and
-/// returns its worker handle, to be terminated.
+/// returns its worker handle, to be terminated; `Some(None)` when the slot
+/// is only reserved (its scheduler terminates the worker it registers).
 pub fn request_cancel(home: u32, job: i64) -> Option<Option<RawHandle>> {
     if !is_available() {
         return None;

@@ -21,7 +21,7 @@ use crate::pg::{self, CapturedError};
 use crate::schedule;
 use crate::settings;
 use crate::shmem::Kind;
-use crate::shmem::job_slots::{self, Run};
+use crate::shmem::job_slots::{self, Launched, Run};
 use crate::shmem::registry;
 use crate::store::{self, SpiResult, Tables};
 use crate::workers::registration::{self, ConnectArgs};
@@ -413,6 +413,7 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Start
         finish_unstarted(client, t, &q, "cancelled", &e)?;
         return Ok(Started::Failed);
     }
+    crate::faults::before_reserve(q.id, q.run);
     match prepare(&q) {
         Ok(launch) => {
             client.update(
@@ -571,14 +572,19 @@ fn prepare(q: &Queued) -> Result<Launch, Refused> {
 
 /// Registers the workers of the runs just committed. A run that finds no
 /// worker slot (`max_worker_processes`) gives its job slot back and is
-/// returned, to be queued again at the next wake.
+/// returned, to be queued again at the next wake. A run `bgw_cancel` asked
+/// to stop meanwhile (it found the slot reserved, with no worker to
+/// terminate yet) has its worker terminated here, at once.
 pub(super) fn launch(launches: &[Launch]) -> Vec<(i64, i32)> {
     let mut requeue = Vec::new();
     for l in launches {
+        crate::faults::before_launch(l.job, l.run);
         match registration::register_dynamic_worker(Kind::Job, l.index, l.args, None) {
             Some(handle) => {
                 registry::set_handle(l.args.ticket, handle);
-                job_slots::set_launched(l.slot, handle);
+                if job_slots::set_launched(l.slot, handle) == Launched::CancelRequested {
+                    pg::terminate_worker(handle);
+                }
             }
             None => {
                 registry::release(l.args.ticket);
