@@ -11,8 +11,13 @@
 //! Callers check the caller's permissions before they get here.
 
 use crate::pg::{self, UserError};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::PgOid;
 use pgrx::prelude::*;
-use pgrx::spi::{SpiClient, quote_identifier};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiTupleTable, quote_identifier};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 pub type SpiResult<T> = Result<T, pgrx::spi::Error>;
 
@@ -105,6 +110,72 @@ fn locate(client: &SpiClient<'_>) -> SpiResult<Found<Tables>> {
         runs: format!("{s}.bgw_job_runs"),
         owner,
     }))
+}
+
+type PlanKey = (String, Vec<pg_sys::Oid>);
+
+thread_local! {
+    /// Plans kept for the life of the process ([`kept`]).
+    static KEPT: RefCell<HashMap<PlanKey, Rc<OwnedPreparedStatement>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// More distinct statements than the scheduler has: past this, statements
+/// run unprepared (a bound, should one ever be built from data).
+const KEPT_MAX: usize = 64;
+
+/// `SpiClient::update` through a plan prepared once and kept for the life
+/// of the process: a scheduler runs the same few statements at every wake,
+/// and parsing and planning them was half its CPU. Only for statements
+/// whose text depends on nothing but the tables' names (the key is the text
+/// and the argument types), and run often: each plan costs memory (10 to
+/// 100 kB), given back by [`forget_kept`].
+///
+/// PostgreSQL's plan cache keeps such a plan correct: it is checked again
+/// after any change to what it uses (the tables dropped and made again, an
+/// index added, statistics) and after a change of `search_path`, which
+/// [`with_tables`] pins. Privileges are checked at each execution, as the
+/// role then current.
+pub trait Kept<'c> {
+    fn update_kept(
+        &mut self,
+        sql: &str,
+        limit: Option<libc::c_long>,
+        args: &[DatumWithOid<'_>],
+    ) -> SpiResult<SpiTupleTable<'c>>;
+}
+
+impl<'c> Kept<'c> for SpiClient<'c> {
+    fn update_kept(
+        &mut self,
+        sql: &str,
+        limit: Option<libc::c_long>,
+        args: &[DatumWithOid<'_>],
+    ) -> SpiResult<SpiTupleTable<'c>> {
+        let key: PlanKey = (sql.to_owned(), args.iter().map(|a| a.oid()).collect());
+        let found = KEPT.with(|k| k.borrow().get(&key).cloned());
+        let plan = match found {
+            Some(plan) => plan,
+            None if KEPT.with(|k| k.borrow().len()) >= KEPT_MAX => {
+                return self.update(sql, limit, args);
+            }
+            None => {
+                let types: Vec<PgOid> = key.1.iter().map(|&o| PgOid::from(o)).collect();
+                let plan = Rc::new(self.prepare_mut(sql, &types)?.keep());
+                KEPT.with(|k| k.borrow_mut().insert(key, Rc::clone(&plan)));
+                plan
+            }
+        };
+        // (A clone of the Rc: no borrow of the map is held while the
+        // statement runs, nor a plan dropped should it raise an error.)
+        self.update(&*plan, limit, args)
+    }
+}
+
+/// Frees the kept plans: a scheduler about to sleep long gives their memory
+/// back, and plans again when it next has work.
+pub fn forget_kept() {
+    KEPT.with(|k| k.borrow_mut().clear());
 }
 
 /// The first column of the first row; `None` also for no row at all.

@@ -370,6 +370,126 @@ fn a_cancel_while_the_run_is_being_started_stops_it() {
     }
 }
 
+/// The statements the scheduler keeps plans for (`store::Kept`), in a
+/// dump of its memory contexts: `CachedPlanSource` contexts named by their
+/// text. (PostgreSQL's own foreign-key check plans, `FROM ONLY`, are not
+/// ours.)
+fn kept_plans(cluster: &Cluster, c: &mut Client, pid: i32) -> usize {
+    let me = format!("[{pid}] ");
+    let dumps = |log: &str| log.matches(&format!("{me}LOG:  Grand total")).count();
+    let before = dumps(&cluster.log());
+    c.execute("SELECT pg_log_backend_memory_contexts($1)", &[&pid])
+        .unwrap();
+    wait_until("the scheduler's memory context dump", T, || {
+        (dumps(&cluster.log()) > before).then_some(())
+    });
+    let log = cluster.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&me)).collect();
+    let end = lines
+        .iter()
+        .rposition(|l| l.contains("LOG:  Grand total"))
+        .expect("a dump");
+    let start = lines[..end]
+        .iter()
+        .rposition(|l| l.contains("TopMemoryContext"))
+        .expect("the dump's start");
+    lines[start..end]
+        .iter()
+        .filter(|l| l.contains("CachedPlanSource") && l.contains("bgw_job_"))
+        .filter(|l| !l.contains("FROM ONLY"))
+        .count()
+}
+
+/// The scheduler keeps the plans of the statements it runs at every wake,
+/// and PostgreSQL's plan cache keeps them right when the tables change
+/// under them; a scheduler with nothing due for a while frees them, and
+/// plans again when work comes.
+#[test]
+fn kept_plans_follow_changes_to_the_tables_and_are_freed_when_idle() {
+    let (cluster, mut c) = start_with_extension(BASE);
+    // Keeps the scheduler there, with nothing due for a day.
+    run(
+        &mut c,
+        "SELECT bgw_run('SELECT 1', every => '1 day', at => now() + interval '1 day')",
+    );
+    let job = run(&mut c, "SELECT bgw_run('SELECT 1', every => '200ms')");
+    wait_runs(&mut c, job, 3);
+    let pid: i32 = wait_until("the scheduler", T, || {
+        c.query_opt(
+            "SELECT pid FROM bgw_list() WHERE kind = 'scheduler' AND pid IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .map(|r| r.get(0))
+    });
+    let busy = kept_plans(&cluster, &mut c, pid);
+    assert!(
+        busy >= 5,
+        "{busy} kept plans while a job runs 5 times a second"
+    );
+
+    // Columns added and dropped, an index, the table rewritten: each run
+    // is still queued, started and recorded through those plans.
+    let n = finished_runs(&mut c, job);
+    for change in [
+        "ALTER TABLE bgw_job_runs ADD COLUMN note text",
+        "CREATE INDEX runs_started ON bgw_job_runs (started_at)",
+        "VACUUM FULL bgw_job_runs",
+        "ALTER TABLE bgw_job_runs DROP COLUMN note",
+        "ALTER TABLE bgw_job_defs ADD COLUMN note int",
+        "ALTER TABLE bgw_job_defs DROP COLUMN note",
+    ] {
+        c.batch_execute(change).unwrap();
+    }
+    wait_runs(&mut c, job, n + 3);
+    let r = c
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status <> 'succeeded'), count(*) \
+               FROM bgw_job_runs WHERE job = $1 AND finished_at IS NOT NULL",
+            &[&job],
+        )
+        .unwrap();
+    assert_eq!(
+        r.get::<_, i64>(0),
+        0,
+        "runs failed after the tables changed"
+    );
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM bgw_job_runs WHERE pid IS NULL AND finished_at IS NOT NULL AND status = 'succeeded'"
+        ),
+        0,
+        "outcomes recorded without their pid"
+    );
+
+    // Nothing due for a day: the plans are freed before the long sleep.
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&job])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    wait_until("the cancelled job's state", T, || {
+        (job_state(&mut c, job) == "cancelled").then_some(())
+    });
+    wait_until("the idle scheduler to free its plans", T, || {
+        (kept_plans(&cluster, &mut c, pid) == 0).then_some(())
+    });
+    // And work comes back: planned again, by the same scheduler.
+    let again = run(&mut c, "SELECT bgw_run('SELECT 2 AS two')");
+    let r = result(&mut c, again);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["result"][0]["two"], 2, "{r}");
+    let same: Option<i32> = c
+        .query_one(
+            "SELECT pid FROM bgw_list() WHERE kind = 'scheduler' AND pid IS NOT NULL",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(same, Some(pid), "the scheduler restarted");
+}
+
 #[test]
 fn a_job_can_notify_listeners() {
     let (cluster, mut c) = start_with_extension(BASE);

@@ -5,7 +5,7 @@ use super::Tick;
 use crate::pg::{self, CapturedError, WorkerStatus};
 use crate::shmem::job_slots::{self, Outcome, Slot, SlotState, Status};
 use crate::shmem::registry::{self, Ticket};
-use crate::store::{SpiResult, Tables};
+use crate::store::{Kept, SpiResult, Tables};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
@@ -183,7 +183,7 @@ fn ended_without_outcome(slot: &Slot) -> Outcome {
 /// Records a run's outcome in its row only: the job's row, which a client
 /// may hold locked, is brought up to date by `account_runs`.
 fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> SpiResult<()> {
-    client.update(
+    client.update_kept(
         &format!(
             "UPDATE {runs} SET finished_at = clock_timestamp(), status = $3, rows = $4, \
                     sqlstate = $5, error = $6, result = $7::jsonb, pid = nullif($8, 0), \
@@ -222,7 +222,7 @@ fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> S
 /// locked is left for a later wake.
 pub(super) fn account_runs(client: &mut SpiClient<'_>, t: &Tables, tick: &mut Tick) {
     let pending = pg::in_subtransaction(|| {
-        let table = client.update(
+        let table = client.update_kept(
             &format!(
                 "SELECT job, run FROM {} WHERE NOT counted AND finished_at IS NOT NULL \
                   ORDER BY finished_at, job, run LIMIT 256",
@@ -254,7 +254,7 @@ pub(super) fn account_runs(client: &mut SpiClient<'_>, t: &Tables, tick: &mut Ti
 
 fn account_run(client: &mut SpiClient<'_>, t: &Tables, job: i64, run: i32) -> SpiResult<bool> {
     let n = client
-        .update(
+        .update_kept(
             &format!(
                 "WITH d AS (SELECT id, retry_delay FROM {defs} WHERE id = $1 \
                              FOR NO KEY UPDATE SKIP LOCKED), \
@@ -293,7 +293,7 @@ fn account_run(client: &mut SpiClient<'_>, t: &Tables, job: i64, run: i32) -> Sp
         // The job's row is locked, or the job is gone: counted later, or
         // with the job's rows.
         let gone = client
-            .update(
+            .update_kept(
                 &format!("SELECT NOT EXISTS (SELECT FROM {} WHERE id = $1)", t.defs),
                 None,
                 &[job.into()],
@@ -311,7 +311,7 @@ fn account_run(client: &mut SpiClient<'_>, t: &Tables, job: i64, run: i32) -> Sp
 /// the next wake: recording a run never waits for a client, so no job slot
 /// is kept busy by one.
 pub(super) fn finish_one_shots(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<()> {
-    client.update(
+    client.update_kept(
         &format!(
             "UPDATE {defs} SET state = 'finished' \
               WHERE id IN (SELECT d.id FROM {defs} d \

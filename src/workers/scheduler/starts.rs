@@ -23,7 +23,7 @@ use crate::settings;
 use crate::shmem::Kind;
 use crate::shmem::job_slots::{self, Launched, Run};
 use crate::shmem::registry;
-use crate::store::{self, SpiResult, Tables};
+use crate::store::{self, Kept, SpiResult, Tables};
 use crate::workers::registration::{self, ConnectArgs};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -119,7 +119,7 @@ pub(super) fn enqueue_due(
 /// Due jobs, locked or not.
 fn count_due(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResult<i64> {
     Ok(client
-        .update(
+        .update_kept(
             &format!(
                 "SELECT count(*) FROM {} \
                   WHERE state = 'scheduled' AND active \
@@ -135,7 +135,7 @@ fn count_due(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResult<
 }
 
 fn ids(client: &mut SpiClient<'_>, sql: &str, skip: &[i64]) -> SpiResult<Vec<i64>> {
-    let table = client.update(sql, None, &[skip.to_vec().into(), BATCH.into()])?;
+    let table = client.update_kept(sql, None, &[skip.to_vec().into(), BATCH.into()])?;
     let mut ids = Vec::new();
     for row in table {
         ids.extend(row.get::<i64>(1)?);
@@ -165,7 +165,7 @@ fn micros(column: &str) -> String {
 }
 
 fn enqueue_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<()> {
-    let row = client.update(
+    let row = client.update_kept(
         &format!(
             "SELECT schedule, timezone, {}, {}, \
                     EXISTS (SELECT FROM {runs} r WHERE r.job = d.id AND r.finished_at IS NULL), \
@@ -219,7 +219,7 @@ fn enqueue_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<()>
     );
     if job.busy {
         // Skipped and counted; a retry is moot while a run is going.
-        client.update(
+        client.update_kept(
             &format!(
                 "UPDATE {} SET next_run_at = {next}, \
                         skipped = skipped + CASE WHEN $2 THEN 1 ELSE 0 END, \
@@ -234,7 +234,7 @@ fn enqueue_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<()>
     }
     // The scheduled tick wins over a retry due at the same time.
     let retry = retry_due && !tick_due;
-    client.update(
+    client.update_kept(
         &format!(
             "WITH job AS ( \
                UPDATE {defs} d SET runs = runs + 1, next_run_at = {next}, \
@@ -273,7 +273,7 @@ fn enqueue_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<()>
 /// Fails the queued runs that waited past their `expires_at` (53000).
 pub(super) fn expire_queued(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<()> {
     let expired = client
-        .update(
+        .update_kept(
             &format!(
                 "UPDATE {runs} SET status = 'failed', finished_at = clock_timestamp(), \
                         sqlstate = '53000', \
@@ -374,7 +374,7 @@ struct Queued {
 }
 
 fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Started> {
-    let row = client.update(
+    let row = client.update_kept(
         &format!(
             "SELECT r.run, d.sql, d.database, d.role::oid, d.created_by::oid, \
                     coalesce((extract(epoch FROM d.timeout) * 1000)::int8, 0), \
@@ -416,7 +416,7 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Start
     crate::faults::before_reserve(q.id, q.run);
     match prepare(&q) {
         Ok(launch) => {
-            client.update(
+            client.update_kept(
                 &format!(
                     "UPDATE {} SET status = 'running', started_at = clock_timestamp() \
                       WHERE job = $1 AND run = $2",
