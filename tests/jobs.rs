@@ -363,11 +363,100 @@ fn a_cancel_while_the_run_is_being_started_stops_it() {
             "{at}: the cancelled run did its work"
         );
         assert_eq!(job_state(&mut c, job), "cancelled", "{at}");
+        // No worker of it is shown starting for ever.
+        assert_eq!(
+            scalar_i64(
+                &mut c,
+                "SELECT count(*) FROM bgw_list() WHERE kind = 'job' AND state = 'starting'"
+            ),
+            0,
+            "{at}: {:?}",
+            bgw_list(&mut c)
+        );
         // Nothing is left behind: another job runs (after its own pause).
         let other = run(&mut c, "SELECT bgw_run('SELECT 1 AS ok')");
         assert_eq!(result(&mut c, other)["status"], "succeeded", "{at}");
         drop(cluster);
     }
+}
+
+/// bgw_cancel in an open transaction, of a job whose run found no worker
+/// (it is started again at every wake, so the cancel never finds it
+/// queued): while that transaction is open, the run does not start, even
+/// once a worker slot frees; when it commits, the run is cancelled without
+/// having run. Before, the scheduler read the job as still scheduled and
+/// started the run, which nobody then stopped.
+#[test]
+fn a_run_waiting_for_a_worker_never_starts_while_its_cancel_is_open() {
+    // Our launcher, the scheduler and PostgreSQL's logical replication
+    // launcher leave two worker slots; our registry (sized by
+    // max_worker_processes) has room for a third run, which waits.
+    let (cluster, mut c) = start_with_extension(&[
+        "bgworker_rs.total_workers = 0",
+        "bgworker_rs.max_jobs = 3",
+        "max_worker_processes = 5",
+        "max_parallel_workers_per_gather = 0",
+    ]);
+    c.batch_execute("CREATE TABLE hits (x int)").unwrap();
+    let blockers: Vec<i64> = (0..2)
+        .map(|_| run(&mut c, "SELECT bgw_run('SELECT pg_sleep(120)')"))
+        .collect();
+    wait_until("two runs with a worker", T, || {
+        (scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM bgw_jobs WHERE state = 'running' AND pid IS NOT NULL",
+        ) == 2)
+            .then_some(())
+    });
+    let woken = |c: &mut Client| {
+        scalar_i64(
+            c,
+            "SELECT iterations FROM bgw_list() WHERE kind = 'scheduler' AND pid IS NOT NULL",
+        )
+    };
+    let job = run(&mut c, "SELECT bgw_run('INSERT INTO hits VALUES (1)')");
+    let w = woken(&mut c);
+    wait_until("the run to be tried and wait for a worker", T, || {
+        (woken(&mut c) >= w + 2).then_some(())
+    });
+
+    let mut canceller = cluster.connect();
+    canceller.batch_execute("BEGIN").unwrap();
+    assert!(
+        canceller
+            .query_one("SELECT bgw_cancel($1)", &[&job])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    // A worker slot frees; the scheduler looks at the queue twice more.
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&blockers[0]])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    wait_until("the first blocker recorded", T, || {
+        (job_state(&mut c, blockers[0]) == "cancelled").then_some(())
+    });
+    let w = woken(&mut c);
+    wait_until("two more wakes of the scheduler", T, || {
+        (woken(&mut c) >= w + 2).then_some(())
+    });
+    canceller.batch_execute("COMMIT").unwrap();
+    let r = finished_run(&mut c, job, 1);
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM hits"),
+        0,
+        "the cancelled run ran"
+    );
+    // Nothing is held: with the other blocker cancelled, a job runs.
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&blockers[1]])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    let other = run(&mut c, "SELECT bgw_run('SELECT 1 AS ok')");
+    assert_eq!(result(&mut c, other)["status"], "succeeded");
 }
 
 /// The statements the scheduler keeps plans for (`store::Kept`), in a

@@ -486,7 +486,7 @@ fn a_concurrent_index_build_shows_its_progress() {
     // The row appears in "initializing" first; the build then waits for the
     // writer, and must still be waiting while the writer's transaction is
     // open.
-    let phase: String = wait_until("the build to wait for the writer", T_JOBS, || {
+    wait_until("the build to wait for the writer", T_JOBS, || {
         c.query_opt(
             "SELECT phase FROM pg_stat_progress_create_index \
               WHERE pid = $1 AND relid = 'ci'::regclass \
@@ -494,9 +494,8 @@ fn a_concurrent_index_build_shows_its_progress() {
             &[&pid],
         )
         .unwrap()
-        .map(|r| r.get(0))
+        .map(|_| ())
     });
-    assert!(phase.starts_with("waiting for"), "{phase}");
     assert!(
         flag(
             &mut c,

@@ -471,26 +471,31 @@ fn bgw_cancel(job: Option<i64>) -> bool {
 /// Cancels a job the caller may manage: its run in progress is stopped, a
 /// queued one never starts, and no more come.
 ///
-/// The tables first: a run the scheduler is starting is locked by it, so
-/// the update of its row waits for the scheduler's commit and then finds it
-/// running, not queued. Only then are the job slots looked at, where that
-/// run now holds one; had it looked first, the run would have escaped both.
-/// A slot only reserved has no worker yet: the scheduler terminates the one
-/// it registers (`job_slots::set_launched`).
+/// The order matters, as the scheduler may be starting a run meanwhile. It
+/// holds that run's row locked until it commits, so the update of queued
+/// runs waits for that commit and then finds the run running: only then
+/// are the job slots looked at, where the run now holds one. (A slot only
+/// reserved has no worker yet: the scheduler terminates the one it
+/// registers, and a worker that finds the request as it starts runs
+/// nothing.) The scheduler also holds the job's row while it starts a run,
+/// and skips a job whose row another transaction holds: the update of the
+/// job waits for a start under way, and the slots are looked at once more
+/// after it; from then on, until this transaction ends, no run of the job
+/// starts.
+///
+/// Stopping the run is not undone if this transaction rolls back.
 pub(super) fn cancel(job: i64) -> bool {
-    let updated = store::with_installed_tables(|client, t| {
-        let n = client
-            .update(
-                &format!(
-                    "UPDATE {} SET state = 'cancelled', next_run_at = NULL, \
-                            retry_at = NULL, retry_attempt = NULL \
-                      WHERE id = $1 AND state = 'scheduled'",
-                    t.defs
-                ),
-                None,
-                &[job.into()],
-            )?
-            .len();
+    let home = pg::current_database().to_u32();
+    let stop = || match job_slots::request_cancel(home, job) {
+        Some(handle) => {
+            if let Some(handle) = handle {
+                pg::terminate_worker(handle);
+            }
+            true
+        }
+        None => false,
+    };
+    let (updated, stopped) = store::with_installed_tables(|client, t| {
         let queued = client
             .update(
                 &format!(
@@ -503,18 +508,22 @@ pub(super) fn cancel(job: i64) -> bool {
                 &[job.into()],
             )?
             .len();
-        Ok(n + queued)
+        let stopped = stop();
+        let n = client
+            .update(
+                &format!(
+                    "UPDATE {} SET state = 'cancelled', next_run_at = NULL, \
+                            retry_at = NULL, retry_attempt = NULL \
+                      WHERE id = $1 AND state = 'scheduled'",
+                    t.defs
+                ),
+                None,
+                &[job.into()],
+            )?
+            .len();
+        Ok((n + queued, stop() || stopped))
     })
     .unwrap_or_else(|e| error!("cannot cancel job {job}: {e}"));
-    let stopped = match job_slots::request_cancel(pg::current_database().to_u32(), job) {
-        Some(handle) => {
-            if let Some(handle) = handle {
-                pg::terminate_worker(handle);
-            }
-            true
-        }
-        None => false,
-    };
     wake_scheduler_at_commit();
     stopped || updated > 0
 }

@@ -41,6 +41,15 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
         log!("{}: its job slot is gone; exiting", pg::worker_name());
         pg::exit_quietly();
     };
+    if job.cancel_requested {
+        // bgw_cancel came while it was being started: nothing runs (its
+        // scheduler records the run as cancelled).
+        debug1!(
+            "{}: cancelled before it started; exiting",
+            pg::worker_name()
+        );
+        pg::exit_quietly();
+    }
 
     pg::install_signal_handlers();
     pg::connect(

@@ -143,6 +143,11 @@ fn ended_without_outcome(slot: &Slot) -> Outcome {
         slot: slot.registry_slot,
         epoch: slot.registry_epoch,
     };
+    // A worker stopped before it ever started (bgw_cancel as it was being
+    // launched) leaves its registry entry "starting": not any more.
+    if slot.pid == 0 {
+        registry::forget_unstarted(ticket);
+    }
     let entry = registry::get(ticket);
     let terminated = |message: &str| error(PgSqlErrorCode::ERRCODE_ADMIN_SHUTDOWN, message);
     let (status, error) = match entry.and_then(|e| e.last_error()) {

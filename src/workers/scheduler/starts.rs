@@ -344,6 +344,7 @@ pub(super) fn start_queued(
                 tick.slots_full = true;
             }
             Started::Failed => {}
+            Started::JobLocked => tick.retry = true,
         }
         Ok(())
     });
@@ -355,6 +356,13 @@ enum Started {
     NoSlot,
     /// Recorded as failed (or cancelled).
     Failed,
+    /// The job's row is locked by another transaction, which may be
+    /// cancelling it (`bgw_cancel` of a run started again after its worker
+    /// could not be registered, whose row it then does not find queued):
+    /// the run waits for that transaction, whose commit wakes us, and is
+    /// looked at again soon in any case. (Read without the lock, a job
+    /// cancelled meanwhile would start a run nobody stops.)
+    JobLocked,
 }
 
 /// A queued run, with its job, as `start_one` reads it.
@@ -381,7 +389,7 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Start
                     d.database_name::text, d.atomic, d.gexec, d.state = 'cancelled' \
                FROM {runs} r JOIN {defs} d ON d.id = r.job \
               WHERE r.job = $1 AND r.status = 'queued' \
-              ORDER BY r.run LIMIT 1",
+              ORDER BY r.run LIMIT 1 FOR SHARE OF d SKIP LOCKED",
             runs = t.runs,
             defs = t.defs
         ),
@@ -389,7 +397,9 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Start
         &[id.into()],
     )?;
     if row.is_empty() {
-        return Ok(Started::Failed);
+        // Its queued run is ours (locked): the job's row is locked by a
+        // transaction that may be cancelling it.
+        return Ok(Started::JobLocked);
     }
     let row = row.first();
     let q = Queued {
