@@ -10,11 +10,13 @@ static LAUNCHER_PAUSE_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i
 static BEFORE_RESERVE_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
 #[cfg(feature = "fault_injection")]
 static BEFORE_LAUNCH_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
+#[cfg(feature = "fault_injection")]
+static ERROR_AFTER_RESERVE_JOB: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
 
-/// Defines `bgworker_rs.debug_panic_at_iteration` (superuser, 0 = never)
-/// and the pauses `bgworker_rs.debug_launcher_pause_ms`,
-/// `debug_pause_before_reserve_ms` and `debug_pause_before_launch_ms`
-/// (superuser, 0 = none).
+/// Defines `bgworker_rs.debug_panic_at_iteration` (superuser, 0 = never),
+/// the pauses `bgworker_rs.debug_launcher_pause_ms`,
+/// `debug_pause_before_reserve_ms` and `debug_pause_before_launch_ms`, and
+/// `debug_error_after_reserve_job` (superuser, 0 = none).
 pub fn init() {
     #[cfg(feature = "fault_injection")]
     {
@@ -33,6 +35,11 @@ pub fn init() {
                 c"bgworker_rs.debug_pause_before_launch_ms",
                 c"Test builds only: a scheduler pauses this long after committing the runs it starts, before it registers their workers.",
                 &BEFORE_LAUNCH_MS,
+            ),
+            (
+                c"bgworker_rs.debug_error_after_reserve_job",
+                c"Test builds only: starting a run of the job with this id fails with an error once its job slot is taken.",
+                &ERROR_AFTER_RESERVE_JOB,
             ),
         ] {
             pgrx::guc::GucRegistry::define_int_guc(
@@ -79,6 +86,18 @@ pub fn before_reserve(_job: i64, _run: i32) {
 pub fn before_launch(_job: i64, _run: i32) {
     #[cfg(feature = "fault_injection")]
     logged_pause("before launch", _job, _run, BEFORE_LAUNCH_MS.get());
+}
+
+/// A scheduler has taken a job slot for a run of job `job`: a start that
+/// fails there (an error in its subtransaction).
+pub fn after_reserve(_job: i64) {
+    #[cfg(feature = "fault_injection")]
+    {
+        let fail = ERROR_AFTER_RESERVE_JOB.get();
+        if fail != 0 && i64::from(fail) == _job {
+            pgrx::error!("bgworker_rs test fault: an error after job {_job}'s slot was taken");
+        }
+    }
 }
 
 #[cfg(feature = "fault_injection")]

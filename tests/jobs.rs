@@ -449,6 +449,56 @@ fn a_run_waiting_for_a_worker_never_starts_while_its_cancel_is_open() {
         0,
         "the cancelled run ran"
     );
+
+    // The same for a finished job run again (bgw_run_now), whose state is
+    // not 'scheduled'.
+    let done = run(&mut c, "SELECT bgw_run('INSERT INTO hits VALUES (2)')");
+    wait_until("the job to finish", T, || {
+        (job_state(&mut c, done) == "finished").then_some(())
+    });
+    let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(120)')");
+    wait_until("two runs with a worker again", T, || {
+        (scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM bgw_jobs WHERE state = 'running' AND pid IS NOT NULL",
+        ) == 2)
+            .then_some(())
+    });
+    c.batch_execute(&format!("SELECT bgw_run_now({done})"))
+        .unwrap();
+    let w = woken(&mut c);
+    wait_until("the run to be tried and wait for a worker", T, || {
+        (woken(&mut c) >= w + 2).then_some(())
+    });
+    canceller.batch_execute("BEGIN").unwrap();
+    assert!(
+        canceller
+            .query_one("SELECT bgw_cancel($1)", &[&done])
+            .unwrap()
+            .get::<_, bool>(0),
+        "bgw_cancel found nothing to cancel"
+    );
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&blocker])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    wait_until("the blocker recorded", T, || {
+        (job_state(&mut c, blocker) == "cancelled").then_some(())
+    });
+    let w = woken(&mut c);
+    wait_until("two more wakes of the scheduler", T, || {
+        (woken(&mut c) >= w + 2).then_some(())
+    });
+    canceller.batch_execute("COMMIT").unwrap();
+    let r = finished_run(&mut c, done, 2);
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(
+        scalar_i64(&mut c, "SELECT count(*) FROM hits WHERE x = 2"),
+        1,
+        "the cancelled second run ran"
+    );
+
     // Nothing is held: with the other blocker cancelled, a job runs.
     assert!(
         c.query_one("SELECT bgw_cancel($1)", &[&blockers[1]])
@@ -457,6 +507,44 @@ fn a_run_waiting_for_a_worker_never_starts_while_its_cancel_is_open() {
     );
     let other = run(&mut c, "SELECT bgw_run('SELECT 1 AS ok')");
     assert_eq!(result(&mut c, other)["status"], "succeeded");
+}
+
+/// A start that fails after its job slot was taken (test builds raise an
+/// error there for job 1) gives the slot back: with one job slot, the next
+/// job runs. Before, the slot stayed taken until the scheduler restarted.
+#[test]
+fn a_start_that_fails_after_taking_a_slot_gives_it_back() {
+    let (_cluster, mut c) = start_with_extension(&[
+        "bgworker_rs.total_workers = 0",
+        "bgworker_rs.max_jobs = 1",
+        "bgworker_rs.debug_error_after_reserve_job = 1",
+    ]);
+    let failing = run(&mut c, "SELECT bgw_run('SELECT 1')");
+    assert_eq!(failing, 1);
+    // The scheduler gives the job up: its queued run cancelled, and one
+    // more run recorded failed with the error.
+    wait_until("the failing job to be given up", T, || {
+        (job_state(&mut c, failing) == "cancelled").then_some(())
+    });
+    let r = finished_run(&mut c, failing, 2);
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("slot was taken")),
+        "{r}"
+    );
+    let other = run(&mut c, "SELECT bgw_run('SELECT 2 AS two')");
+    let r = result(&mut c, other);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["result"][0]["two"], 2, "{r}");
+    assert_eq!(
+        scalar_i64(
+            &mut c,
+            "SELECT count(*) FROM bgw_list() WHERE kind = 'job' AND state = 'starting'"
+        ),
+        0
+    );
 }
 
 /// The statements the scheduler keeps plans for (`store::Kept`), in a

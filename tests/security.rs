@@ -1575,6 +1575,121 @@ fn a_locked_due_job_never_makes_the_scheduler_spin() {
     finish(&mut c);
 }
 
+/// The transaction ids the server has handed out so far, read without
+/// taking one: a scheduler that spins burns them by the thousand.
+fn next_xid(c: &mut Client) -> i64 {
+    c.query_one(
+        "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::int8",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+fn assert_no_spin(c: &mut Client, when: &str) {
+    let start = next_xid(c);
+    let spun = poll(Duration::from_secs(3), || {
+        (next_xid(c) - start > 200).then_some(())
+    });
+    assert!(spun.is_none(), "the scheduler spun: {when}");
+}
+
+/// More queued runs than the scheduler takes in one batch, waiting for the
+/// one job slot, never make it spin; then, held by the attacker (bgw_alter
+/// in an open transaction on each of its jobs), they never keep another
+/// role's run from starting once the slot is free, nor make it spin.
+#[test]
+fn a_full_queue_of_held_jobs_never_spins_or_starves_other_runs() {
+    let (cluster, mut c) = start_cluster(&["bgworker_rs.max_jobs = 1"]);
+    let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    wait_until("the blocker to run", T, || job_pid(&mut c, blocker));
+    let mut att = attacker(&cluster);
+    let theirs: Vec<i64> = att
+        .query_one(
+            "SELECT array_agg(bgw_run('SELECT 1')) FROM generate_series(1, 70)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_no_spin(&mut c, "70 runs queued, every slot busy");
+
+    let mut holder = attacker(&cluster);
+    let mut tx = holder.transaction().unwrap();
+    tx.execute(
+        "SELECT bgw_alter(id, retries => 0) FROM unnest($1::int8[]) id",
+        &[&theirs],
+    )
+    .unwrap();
+    assert!(cancel(&mut c, blocker));
+    let mine = run(&mut c, "SELECT bgw_run('SELECT 2')");
+    let r = result(&mut c, mine);
+    assert_eq!(status(&r), (Some("succeeded"), None), "{r}");
+    assert_no_spin(&mut c, "70 queued runs held by the attacker");
+    tx.rollback().unwrap();
+    // Let go, the attacker's runs all run, one at a time.
+    wait_until("the attacker's 70 runs", T, || {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM bgw_job_runs \
+                  WHERE job OPERATOR(pg_catalog.=) ANY ($1) AND status = 'succeeded'",
+                &[&theirs],
+            )
+            .unwrap()
+            .get(0);
+        (n == 70).then_some(())
+    });
+    finish(&mut c);
+}
+
+/// A change of a job (bgw_alter) that waited for a bgw_cancel of the same
+/// job to commit fails, as after it: a cancel is never undone. Before, it
+/// wrote 'scheduled' back and the job ran again.
+#[test]
+fn a_change_waiting_for_a_cancel_never_brings_the_job_back() {
+    let (cluster, mut c) = start_cluster(&[]);
+    let mut att = attacker(&cluster);
+    let job = run(
+        &mut att,
+        "SELECT bgw_run('SELECT 1', every => '1 hour', at => now() + interval '1 hour')",
+    );
+    let mut canceller = attacker(&cluster);
+    let mut tx = canceller.transaction().unwrap();
+    assert!(cancel(&mut tx, job));
+    let mut alterer = attacker(&cluster);
+    let alterer_pid: i32 = alterer
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let change = std::thread::spawn(move || {
+        alterer
+            .execute("SELECT bgw_alter($1, schedule => '* * * * *')", &[&job])
+            .map(|_| ())
+    });
+    wait_until("the change to wait for the cancel", T, || {
+        let waiting: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)",
+                &[&alterer_pid],
+            )
+            .unwrap()
+            .get(0);
+        waiting.then_some(())
+    });
+    tx.commit().unwrap();
+    let outcome = change.join().expect("the change's thread");
+    let e = outcome.expect_err("a change of a cancelled job");
+    assert_eq!(sqlstate(&e), "55000", "{e}");
+    let state: String = c
+        .query_one(
+            "SELECT state FROM bgw_jobs WHERE id OPERATOR(pg_catalog.=) $1",
+            &[&job],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "cancelled");
+    finish(&mut c);
+}
+
 /// A queued run whose row the attacker holds locked (bgw_cancel in an open
 /// transaction) does not keep other runs from expiring on time.
 #[test]

@@ -483,7 +483,9 @@ fn bgw_cancel(job: Option<i64>) -> bool {
 /// after it; from then on, until this transaction ends, no run of the job
 /// starts.
 ///
-/// Stopping the run is not undone if this transaction rolls back.
+/// A finished job with a run still to end (`bgw_run_now`) is cancelled
+/// too, so that this holds for that run. Stopping a run is not undone if
+/// this transaction rolls back.
 pub(super) fn cancel(job: i64) -> bool {
     let home = pg::current_database().to_u32();
     let stop = || match job_slots::request_cancel(home, job) {
@@ -512,10 +514,14 @@ pub(super) fn cancel(job: i64) -> bool {
         let n = client
             .update(
                 &format!(
-                    "UPDATE {} SET state = 'cancelled', next_run_at = NULL, \
+                    "UPDATE {defs} SET state = 'cancelled', next_run_at = NULL, \
                             retry_at = NULL, retry_attempt = NULL \
-                      WHERE id = $1 AND state = 'scheduled'",
-                    t.defs
+                      WHERE id = $1 \
+                        AND (state = 'scheduled' \
+                             OR state = 'finished' AND EXISTS ( \
+                                  SELECT FROM {runs} WHERE job = $1 AND finished_at IS NULL))",
+                    defs = t.defs,
+                    runs = t.runs
                 ),
                 None,
                 &[job.into()],

@@ -300,8 +300,8 @@ fn bgw_alter(
     if sql.is_some() {
         access::check_permissions(now.database, now.role, 0);
     }
-    store::with_installed_tables(|client, t| {
-        client.update(
+    let changed = store::with_installed_tables(|client, t| {
+        let changed = client.update(
             &format!(
                 "UPDATE {defs} SET \
                    schedule = coalesce($2, schedule), timezone = coalesce($3, timezone), \
@@ -317,7 +317,7 @@ fn bgw_alter(
                    created_by = CASE WHEN $4 IS NOT NULL THEN $10::oid::regrole ELSE created_by END, \
                    timeout = coalesce($5, timeout), retries = coalesce($6, retries), \
                    retry_delay = coalesce($7, retry_delay), active = coalesce($8, active) \
-                 WHERE id = $1",
+                 WHERE id = $1 AND state <> 'cancelled'",
                 defs = t.defs,
                 next = at(11)
             ),
@@ -336,9 +336,14 @@ fn bgw_alter(
                 new_schedule.as_ref().map(|s| s.2).into(),
             ],
         )?;
-        Ok(())
+        Ok(changed.len())
     })
     .unwrap_or_else(|e| error!("cannot change job {job}: {e}"));
+    if changed == 0 {
+        // Cancelled by a transaction that committed while this one waited
+        // for the job's row: a cancel is never undone.
+        refuse_cancelled(job, "cancelled");
+    }
     wake_scheduler_at_commit();
 }
 

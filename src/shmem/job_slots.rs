@@ -76,6 +76,8 @@ pub struct Slot {
     pub job: i64,
     pub run: i32,
     pub pid: i32,
+    /// The scheduler process that reserved it.
+    pub reserved_by: i32,
     pub database: u32,
     pub role: u32,
     /// 0: no timeout.
@@ -122,6 +124,7 @@ impl Default for Slot {
             job: 0,
             run: 0,
             pid: 0,
+            reserved_by: 0,
             database: 0,
             role: 0,
             timeout_ms: 0,
@@ -321,6 +324,7 @@ pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
         s.home = run.home;
         s.job = run.job;
         s.run = run.run;
+        s.reserved_by = pg::my_pid();
         s.database = run.database;
         s.role = run.role;
         s.timeout_ms = run.timeout_ms;
@@ -458,6 +462,38 @@ pub fn free_quietly(i: usize, id: RunId) {
             *s = Slot::default();
         }
     });
+}
+
+/// Frees the slots this scheduler (of `home`) reserved but did not launch:
+/// a start whose subtransaction, or a wake whose transaction, failed after
+/// the slot was taken (its run is still queued, rolled back). Called once
+/// its wake's launches are done, when none of the slots it reserved is
+/// legitimately waiting; their registry entries are released too. (Slots
+/// an earlier life of the scheduler reserved are not its own: its first
+/// wake records them as failed.) Returns how many.
+pub fn free_unlaunched(home: u32) -> usize {
+    if !is_available() {
+        return 0;
+    }
+    let me = pg::my_pid();
+    let tickets: Vec<Ticket> = SLOTS.write(|slots| {
+        slots
+            .iter_mut()
+            .filter(|s| s.state == SlotState::Reserved && s.home == home && s.reserved_by == me)
+            .map(|s| {
+                let ticket = s.registry_ticket();
+                *s = Slot::default();
+                ticket
+            })
+            .collect()
+    });
+    for &ticket in &tickets {
+        super::registry::release(ticket);
+    }
+    if !tickets.is_empty() {
+        schedulers::wake_waiting(home);
+    }
+    tickets.len()
 }
 
 /// Stops the runs of `home`'s jobs connected to `database` (which is about

@@ -178,6 +178,7 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
                 }
                 job_slots::announce_recorded();
                 let requeue = starts::launch(&tick.launches);
+                free_unlaunched();
                 schedulers::set_waiting(entry, tick.slots_full || !requeue.is_empty());
                 let ms = if tick.slots_full && !tick.recorded.is_empty() {
                     // The slots of the runs just recorded are free only
@@ -235,6 +236,7 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
             // Not one job's fault (those are handled inside): the tables
             // are locked or unreadable. Try again, never exit.
             Ok(Err(e)) | Err(e) => {
+                free_unlaunched();
                 warning!(
                     "bgworker_rs job scheduler: {} (SQLSTATE {}); trying again",
                     e.message,
@@ -255,6 +257,16 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
             state.pruned = None; // new history bounds apply at once
         }
         registry::report_iteration();
+    }
+}
+
+/// Job slots taken in a wake for starts that then failed (their runs are
+/// queued again, rolled back) are given back at once, not kept until the
+/// scheduler restarts.
+fn free_unlaunched() {
+    let leaked = job_slots::free_unlaunched(pg::current_database().to_u32());
+    if leaked > 0 {
+        warning!("bgworker_rs job scheduler: freed {leaked} job slot(s) of starts that failed");
     }
 }
 

@@ -309,17 +309,22 @@ pub(super) fn start_queued(
     ) {
         tick.retry = true;
     }
-    // A job with a run going waits for it to end (its exit wakes us).
+    // A job with a run going waits for it to end (its exit wakes us). A
+    // run whose row, or whose job's row, another transaction holds is left
+    // out (it may be cancelling the job): it is looked at again soon, and
+    // never takes the place of runs that can start.
     let queued = pg::in_subtransaction(|| {
         ids(
             client,
             &format!(
-                "SELECT r.job FROM {runs} r \
+                "SELECT r.job FROM {runs} r JOIN {defs} d ON d.id = r.job \
                   WHERE r.status = 'queued' AND r.job <> ALL($1) \
                     AND NOT EXISTS (SELECT FROM {runs} g \
                                      WHERE g.job = r.job AND g.status = 'running') \
-                  ORDER BY r.due_at, r.job LIMIT $2 FOR NO KEY UPDATE OF r SKIP LOCKED",
-                runs = t.runs
+                  ORDER BY r.due_at, r.job LIMIT $2 \
+                    FOR NO KEY UPDATE OF r SKIP LOCKED FOR SHARE OF d SKIP LOCKED",
+                runs = t.runs,
+                defs = t.defs
             ),
             skip,
         )
@@ -331,8 +336,18 @@ pub(super) fn start_queued(
             return;
         }
     };
-    tick.more |= queued.len() as i64 >= BATCH;
+    let whole_batch = queued.len() as i64 >= BATCH;
+    if !whole_batch
+        && !matches!(
+            pg::in_subtransaction(|| count_queued(client, t, skip)),
+            Ok(Ok(n)) if n <= queued.len() as i64
+        )
+    {
+        // Queued runs another transaction holds: looked at after RETRY_MS.
+        tick.retry = true;
+    }
     let mut full = false;
+    let mut started_all = true;
     each_job(client, t, queued, state, "start a run of", |client, id| {
         if full {
             return Ok(()); // waits, in order, for the next wake
@@ -341,13 +356,40 @@ pub(super) fn start_queued(
             Started::Launch(launch) => tick.launches.push(launch),
             Started::NoSlot => {
                 full = true;
+                started_all = false;
                 tick.slots_full = true;
             }
             Started::Failed => {}
-            Started::JobLocked => tick.retry = true,
+            Started::JobLocked => {
+                started_all = false;
+                tick.retry = true;
+            }
         }
         Ok(())
     });
+    // More to start at once only if this whole batch could be handled: a
+    // full batch that waits for slots, or for locks, must not make the
+    // scheduler look again without sleeping.
+    tick.more |= whole_batch && started_all;
+}
+
+/// Runs that could start but for a lock (none of its job's runs going).
+fn count_queued(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResult<i64> {
+    Ok(client
+        .update_kept(
+            &format!(
+                "SELECT count(*) FROM {runs} r \
+                  WHERE r.status = 'queued' AND r.job <> ALL($1) \
+                    AND NOT EXISTS (SELECT FROM {runs} g \
+                                     WHERE g.job = r.job AND g.status = 'running')",
+                runs = t.runs
+            ),
+            None,
+            &[skip.to_vec().into()],
+        )?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0))
 }
 
 enum Started {
@@ -426,6 +468,7 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Start
     crate::faults::before_reserve(q.id, q.run);
     match prepare(&q) {
         Ok(launch) => {
+            crate::faults::after_reserve(q.id);
             client.update_kept(
                 &format!(
                     "UPDATE {} SET status = 'running', started_at = clock_timestamp() \
