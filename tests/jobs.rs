@@ -509,6 +509,40 @@ fn a_run_waiting_for_a_worker_never_starts_while_its_cancel_is_open() {
     assert_eq!(result(&mut c, other)["status"], "succeeded");
 }
 
+/// bgw_cancel of a finished job with a run queued again (bgw_run_now)
+/// cancels the run and the job, as when that run is already going.
+#[test]
+fn cancelling_a_finished_job_with_a_queued_run_cancels_both() {
+    let (_cluster, mut c) =
+        start_with_extension(&["bgworker_rs.total_workers = 0", "bgworker_rs.max_jobs = 1"]);
+    let done = run(&mut c, "SELECT bgw_run('SELECT 1')");
+    assert_eq!(result(&mut c, done)["status"], "succeeded");
+    wait_until("the job to finish", T, || {
+        (job_state(&mut c, done) == "finished").then_some(())
+    });
+    let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    wait_until("the blocker to run", T, || job_pid(&mut c, blocker));
+    c.batch_execute(&format!("SELECT bgw_run_now({done})"))
+        .unwrap();
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&done])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    let r = finished_run(&mut c, done, 2);
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(job_state(&mut c, done), "cancelled");
+    let e = c
+        .query_one("SELECT bgw_run_now($1)", &[&done])
+        .expect_err("a run of a cancelled job");
+    assert_eq!(e.code().map(|s| s.code()), Some("55000"), "{e}");
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&blocker])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+}
+
 /// A start that fails after its job slot was taken (test builds raise an
 /// error there for job 1) gives the slot back: with one job slot, the next
 /// job runs. Before, the slot stayed taken until the scheduler restarted.

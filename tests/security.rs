@@ -1586,10 +1586,21 @@ fn next_xid(c: &mut Client) -> i64 {
     .get(0)
 }
 
+fn scheduler_wakes(c: &mut Client) -> i64 {
+    c.query_one(
+        "SELECT iterations FROM bgw_list() WHERE kind = 'scheduler' AND pid IS NOT NULL",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// Over 3 s, the scheduler neither burns transaction ids nor wakes more
+/// than a few times a second (a loop that writes nothing burns no ids).
 fn assert_no_spin(c: &mut Client, when: &str) {
-    let start = next_xid(c);
+    let (xid, wakes) = (next_xid(c), scheduler_wakes(c));
     let spun = poll(Duration::from_secs(3), || {
-        (next_xid(c) - start > 200).then_some(())
+        (next_xid(c) - xid > 200 || scheduler_wakes(c) - wakes > 30).then_some(())
     });
     assert!(spun.is_none(), "the scheduler spun: {when}");
 }
@@ -1600,7 +1611,10 @@ fn assert_no_spin(c: &mut Client, when: &str) {
 /// role's run from starting once the slot is free, nor make it spin.
 #[test]
 fn a_full_queue_of_held_jobs_never_spins_or_starves_other_runs() {
-    let (cluster, mut c) = start_cluster(&["bgworker_rs.max_jobs = 1"]);
+    let (cluster, mut c) = start_cluster(&[
+        "bgworker_rs.max_jobs = 1",
+        "bgworker_rs.queue_timeout = '10min'",
+    ]);
     let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
     wait_until("the blocker to run", T, || job_pid(&mut c, blocker));
     let mut att = attacker(&cluster);
@@ -1638,6 +1652,108 @@ fn a_full_queue_of_held_jobs_never_spins_or_starves_other_runs() {
             .get(0);
         (n == 70).then_some(())
     });
+    finish(&mut c);
+}
+
+/// More finished runs to count than a batch, all of jobs the attacker holds
+/// (bgw_alter in an open transaction; the runs expired waiting for a slot),
+/// never make the scheduler spin, nor keep another role's runs from being
+/// counted: a one-shot job of the victim still becomes finished.
+#[test]
+fn held_jobs_with_runs_to_count_never_spin_or_hold_up_others() {
+    let (cluster, mut c) = start_cluster(&[
+        "bgworker_rs.max_jobs = 1",
+        "bgworker_rs.queue_timeout = '1s'",
+    ]);
+    let blocker = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    wait_until("the blocker to run", T, || job_pid(&mut c, blocker));
+    let mut att = attacker(&cluster);
+    let theirs: Vec<i64> = att
+        .query_one(
+            "SELECT array_agg(bgw_run('SELECT 1')) FROM generate_series(1, 260)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let mut holder = attacker(&cluster);
+    let mut tx = holder.transaction().unwrap();
+    tx.execute(
+        "SELECT bgw_alter(id, retries => 0) FROM unnest($1::int8[]) id",
+        &[&theirs],
+    )
+    .unwrap();
+    // Their runs expire (53000), finished but not counted: their jobs are
+    // held.
+    wait_until("the attacker's runs to expire", T, || {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM bgw_job_runs \
+                  WHERE job OPERATOR(pg_catalog.=) ANY ($1) AND sqlstate = '53000'",
+                &[&theirs],
+            )
+            .unwrap()
+            .get(0);
+        (n == 260).then_some(())
+    });
+    assert!(cancel(&mut c, blocker));
+    let mine = run(&mut c, "SELECT bgw_run('SELECT 1 AS ok')");
+    let r = result(&mut c, mine);
+    assert_eq!(status(&r), (Some("succeeded"), None), "{r}");
+    wait_until("the victim's job to be finished", T, || {
+        let state: String = c
+            .query_one(
+                "SELECT state FROM bgw_jobs WHERE id OPERATOR(pg_catalog.=) $1",
+                &[&mine],
+            )
+            .unwrap()
+            .get(0);
+        (state == "finished").then_some(())
+    });
+    assert_no_spin(&mut c, "260 runs to count, their jobs held");
+    tx.rollback().unwrap();
+    finish(&mut c);
+}
+
+/// bgw_run_now that waited for a bgw_cancel of the same job fails (55000),
+/// as after it; before, it queued a run of the cancelled job.
+#[test]
+fn a_run_now_waiting_for_a_cancel_fails() {
+    let (cluster, mut c) = start_cluster(&[]);
+    let mut att = attacker(&cluster);
+    let job = run(
+        &mut att,
+        "SELECT bgw_run('SELECT 1', every => '1 hour', at => now() + interval '1 hour')",
+    );
+    let mut canceller = attacker(&cluster);
+    let mut tx = canceller.transaction().unwrap();
+    assert!(cancel(&mut tx, job));
+    let mut caller = attacker(&cluster);
+    let caller_pid: i32 = caller
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let now = std::thread::spawn(move || {
+        caller
+            .query_one("SELECT bgw_run_now($1)", &[&job])
+            .map(|r| r.get::<_, i32>(0))
+    });
+    wait_until("bgw_run_now to wait for the cancel", T, || {
+        let waiting: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)",
+                &[&caller_pid],
+            )
+            .unwrap()
+            .get(0);
+        waiting.then_some(())
+    });
+    tx.commit().unwrap();
+    let e = now
+        .join()
+        .expect("the caller's thread")
+        .expect_err("a run of a cancelled job");
+    assert_eq!(sqlstate(&e), "55000", "{e}");
+    assert_eq!(last_run(&mut c, job), 0, "a run was queued");
     finish(&mut c);
 }
 

@@ -518,13 +518,13 @@ pub(super) fn cancel(job: i64) -> bool {
                             retry_at = NULL, retry_attempt = NULL \
                       WHERE id = $1 \
                         AND (state = 'scheduled' \
-                             OR state = 'finished' AND EXISTS ( \
-                                  SELECT FROM {runs} WHERE job = $1 AND finished_at IS NULL))",
+                             OR state = 'finished' AND ($2 OR EXISTS ( \
+                                  SELECT FROM {runs} WHERE job = $1 AND finished_at IS NULL)))",
                     defs = t.defs,
                     runs = t.runs
                 ),
                 None,
-                &[job.into()],
+                &[job.into(), (queued > 0).into()],
             )?
             .len();
         Ok((n + queued, stop() || stopped))

@@ -359,14 +359,22 @@ fn bgw_run_now(job: Option<i64>) -> i32 {
     require_writable_jobs();
     let row = job_row(job);
     refuse_cancelled(job, &row.state);
+    let mut cancelled = false;
     let run = store::with_installed_tables(|client, t| {
         // The job's row first: a second caller waits here, then finds the
-        // run the first queued.
-        client.update(
-            &format!("SELECT FROM {} WHERE id = $1 FOR UPDATE", t.defs),
-            None,
-            &[job.into()],
-        )?;
+        // run the first queued; one that waited for a bgw_cancel finds the
+        // job cancelled.
+        let state = client
+            .update(
+                &format!("SELECT state FROM {} WHERE id = $1 FOR UPDATE", t.defs),
+                None,
+                &[job.into()],
+            )
+            .and_then(first_value::<String>)?;
+        if state.as_deref() == Some("cancelled") {
+            cancelled = true;
+            return Ok(None);
+        }
         let waiting = client
             .update(
                 &format!(
@@ -395,8 +403,11 @@ fn bgw_run_now(job: Option<i64>) -> i32 {
             )
             .and_then(first_value::<i32>)
     })
-    .unwrap_or_else(|e| error!("cannot queue a run of job {job}: {e}"))
-    .unwrap_or_else(|| error!("cannot queue a run of job {job}"));
+    .unwrap_or_else(|e| error!("cannot queue a run of job {job}: {e}"));
+    if cancelled {
+        refuse_cancelled(job, "cancelled");
+    }
+    let run = run.unwrap_or_else(|| error!("cannot queue a run of job {job}"));
     wake_scheduler_at_commit();
     run
 }

@@ -235,6 +235,8 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
             }
             // Not one job's fault (those are handled inside): the tables
             // are locked or unreadable. Try again, never exit.
+            // (`tick` returns an error only before it starts anything: the
+            // slots of an aborted wake are the ones to give back.)
             Ok(Err(e)) | Err(e) => {
                 free_unlaunched();
                 warning!(

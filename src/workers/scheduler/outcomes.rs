@@ -227,11 +227,16 @@ fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> S
 /// locked is left for a later wake.
 pub(super) fn account_runs(client: &mut SpiClient<'_>, t: &Tables, tick: &mut Tick) {
     let pending = pg::in_subtransaction(|| {
+        // Runs whose job another transaction holds are left out: they never
+        // take the place of others' (every run has its job: a foreign key).
         let table = client.update_kept(
             &format!(
-                "SELECT job, run FROM {} WHERE NOT counted AND finished_at IS NOT NULL \
-                  ORDER BY finished_at, job, run LIMIT 256",
-                t.runs
+                "SELECT r.job, r.run FROM {runs} r JOIN {defs} d ON d.id = r.job \
+                  WHERE NOT r.counted AND r.finished_at IS NOT NULL \
+                  ORDER BY r.finished_at, r.job, r.run LIMIT 256 \
+                    FOR NO KEY UPDATE OF d SKIP LOCKED",
+                runs = t.runs,
+                defs = t.defs
             ),
             None,
             &[],
@@ -248,13 +253,43 @@ pub(super) fn account_runs(client: &mut SpiClient<'_>, t: &Tables, tick: &mut Ti
         tick.retry = true;
         return;
     };
-    tick.more |= pending.len() >= 256;
+    let whole_batch = pending.len() >= 256;
+    if !whole_batch
+        && !matches!(
+            pg::in_subtransaction(|| count_uncounted(client, t)),
+            Ok(Ok(n)) if n <= pending.len() as i64
+        )
+    {
+        // Runs of jobs another transaction holds: looked at after RETRY_MS.
+        tick.retry = true;
+    }
+    let mut counted_all = true;
     for (job, run) in pending {
         let counted = pg::in_subtransaction(|| account_run(client, t, job, run));
         if !matches!(counted, Ok(Ok(true))) {
+            counted_all = false;
             tick.retry = true;
         }
     }
+    // More at once only after a whole batch counted: never a wake without
+    // sleep over runs that cannot be counted now.
+    tick.more |= whole_batch && counted_all;
+}
+
+/// Finished runs not counted yet, whoever holds their jobs.
+fn count_uncounted(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<i64> {
+    Ok(client
+        .update_kept(
+            &format!(
+                "SELECT count(*) FROM {} WHERE NOT counted AND finished_at IS NOT NULL",
+                t.runs
+            ),
+            None,
+            &[],
+        )?
+        .first()
+        .get_one::<i64>()?
+        .unwrap_or(0))
 }
 
 fn account_run(client: &mut SpiClient<'_>, t: &Tables, job: i64, run: i32) -> SpiResult<bool> {

@@ -322,7 +322,7 @@ pub(super) fn start_queued(
                     AND NOT EXISTS (SELECT FROM {runs} g \
                                      WHERE g.job = r.job AND g.status = 'running') \
                   ORDER BY r.due_at, r.job LIMIT $2 \
-                    FOR NO KEY UPDATE OF r SKIP LOCKED FOR SHARE OF d SKIP LOCKED",
+                    FOR SHARE OF d SKIP LOCKED FOR NO KEY UPDATE OF r SKIP LOCKED",
                 runs = t.runs,
                 defs = t.defs
             ),
