@@ -11,6 +11,8 @@ static BEFORE_RESERVE_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i
 #[cfg(feature = "fault_injection")]
 static BEFORE_LAUNCH_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
 #[cfg(feature = "fault_injection")]
+static CANCEL_PAUSE_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
+#[cfg(feature = "fault_injection")]
 static ERROR_AFTER_RESERVE_JOB: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
 
 /// Defines `bgworker_rs.debug_panic_at_iteration` (superuser, 0 = never),
@@ -35,6 +37,11 @@ pub fn init() {
                 c"bgworker_rs.debug_pause_before_launch_ms",
                 c"Test builds only: a scheduler pauses this long after committing the runs it starts, before it registers their workers.",
                 &BEFORE_LAUNCH_MS,
+            ),
+            (
+                c"bgworker_rs.debug_cancel_pause_ms",
+                c"Test builds only: bgw_cancel pauses this long after stopping a run, before it updates the job.",
+                &CANCEL_PAUSE_MS,
             ),
             (
                 c"bgworker_rs.debug_error_after_reserve_job",
@@ -86,6 +93,13 @@ pub fn before_reserve(_job: i64, _run: i32) {
 pub fn before_launch(_job: i64, _run: i32) {
     #[cfg(feature = "fault_injection")]
     logged_pause("before launch", _job, _run, BEFORE_LAUNCH_MS.get());
+}
+
+/// `bgw_cancel` has stopped a run and is about to update its job: a slow
+/// cancel, during which the scheduler may record that run.
+pub fn cancel_stopped_a_run() {
+    #[cfg(feature = "fault_injection")]
+    pause(CANCEL_PAUSE_MS.get());
 }
 
 /// A scheduler has taken a job slot for a run of job `job`: a start that

@@ -543,6 +543,30 @@ fn cancelling_a_finished_job_with_a_queued_run_cancels_both() {
     );
 }
 
+/// A one-shot job whose run bgw_cancel stopped is cancelled, even when the
+/// scheduler records the stopped run (and would mark the job finished)
+/// before bgw_cancel updates the job: test builds pause it there.
+#[test]
+fn a_cancelled_one_shot_job_is_cancelled_not_finished() {
+    let (_cluster, mut c) = start_with_extension(BASE);
+    let job = run(&mut c, "SELECT bgw_run('SELECT pg_sleep(600)')");
+    wait_until("the run", T, || job_pid(&mut c, job));
+    c.batch_execute("SET bgworker_rs.debug_cancel_pause_ms = 3000")
+        .unwrap();
+    assert!(
+        c.query_one("SELECT bgw_cancel($1)", &[&job])
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+    let r = finished_run(&mut c, job, 1);
+    assert_eq!(r["status"], "cancelled", "{r}");
+    wait_until("the job's state", T, || {
+        let state = job_state(&mut c, job);
+        (state != "running").then_some(state)
+    });
+    assert_eq!(job_state(&mut c, job), "cancelled");
+}
+
 /// A start that fails after its job slot was taken (test builds raise an
 /// error there for job 1) gives the slot back: with one job slot, the next
 /// job runs. Before, the slot stayed taken until the scheduler restarted.

@@ -1714,30 +1714,26 @@ fn held_jobs_with_runs_to_count_never_spin_or_hold_up_others() {
     finish(&mut c);
 }
 
-/// bgw_run_now that waited for a bgw_cancel of the same job fails (55000),
-/// as after it; before, it queued a run of the cancelled job.
-#[test]
-fn a_run_now_waiting_for_a_cancel_fails() {
-    let (cluster, mut c) = start_cluster(&[]);
-    let mut att = attacker(&cluster);
-    let job = run(
-        &mut att,
-        "SELECT bgw_run('SELECT 1', every => '1 hour', at => now() + interval '1 hour')",
-    );
-    let mut canceller = attacker(&cluster);
+/// Runs `sql` (about job `job`, as `$1`) as the attacker while another of
+/// its sessions has cancelled the job in a transaction still open: waits
+/// until `sql` waits for that transaction, commits it, and returns what
+/// `sql` then did. The job is cancelled after; the caller checks the rest.
+fn behind_a_cancel(
+    cluster: &Cluster,
+    c: &mut Client,
+    job: i64,
+    sql: &'static str,
+) -> Result<u64, postgres::Error> {
+    let mut canceller = attacker(cluster);
     let mut tx = canceller.transaction().unwrap();
     assert!(cancel(&mut tx, job));
-    let mut caller = attacker(&cluster);
+    let mut caller = attacker(cluster);
     let caller_pid: i32 = caller
         .query_one("SELECT pg_backend_pid()", &[])
         .unwrap()
         .get(0);
-    let now = std::thread::spawn(move || {
-        caller
-            .query_one("SELECT bgw_run_now($1)", &[&job])
-            .map(|r| r.get::<_, i32>(0))
-    });
-    wait_until("bgw_run_now to wait for the cancel", T, || {
+    let call = std::thread::spawn(move || caller.execute(sql, &[&job]));
+    wait_until(&format!("{sql} to wait for the cancel"), T, || {
         let waiting: bool = c
             .query_one(
                 "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)",
@@ -1748,9 +1744,29 @@ fn a_run_now_waiting_for_a_cancel_fails() {
         waiting.then_some(())
     });
     tx.commit().unwrap();
-    let e = now
-        .join()
-        .expect("the caller's thread")
+    let outcome = call.join().expect("the caller's thread");
+    let state: String = c
+        .query_one(
+            "SELECT state FROM bgw_jobs WHERE id OPERATOR(pg_catalog.=) $1",
+            &[&job],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "cancelled", "after {sql}");
+    outcome
+}
+
+/// bgw_run_now that waited for a bgw_cancel of the same job fails (55000),
+/// as after it; before, it queued a run of the cancelled job.
+#[test]
+fn a_run_now_waiting_for_a_cancel_fails() {
+    let (cluster, mut c) = start_cluster(&[]);
+    let mut att = attacker(&cluster);
+    let job = run(
+        &mut att,
+        "SELECT bgw_run('SELECT 1', every => '1 hour', at => now() + interval '1 hour')",
+    );
+    let e = behind_a_cancel(&cluster, &mut c, job, "SELECT bgw_run_now($1)")
         .expect_err("a run of a cancelled job");
     assert_eq!(sqlstate(&e), "55000", "{e}");
     assert_eq!(last_run(&mut c, job), 0, "a run was queued");
@@ -1768,41 +1784,14 @@ fn a_change_waiting_for_a_cancel_never_brings_the_job_back() {
         &mut att,
         "SELECT bgw_run('SELECT 1', every => '1 hour', at => now() + interval '1 hour')",
     );
-    let mut canceller = attacker(&cluster);
-    let mut tx = canceller.transaction().unwrap();
-    assert!(cancel(&mut tx, job));
-    let mut alterer = attacker(&cluster);
-    let alterer_pid: i32 = alterer
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let change = std::thread::spawn(move || {
-        alterer
-            .execute("SELECT bgw_alter($1, schedule => '* * * * *')", &[&job])
-            .map(|_| ())
-    });
-    wait_until("the change to wait for the cancel", T, || {
-        let waiting: bool = c
-            .query_one(
-                "SELECT EXISTS (SELECT FROM pg_locks WHERE pid = $1 AND NOT granted)",
-                &[&alterer_pid],
-            )
-            .unwrap()
-            .get(0);
-        waiting.then_some(())
-    });
-    tx.commit().unwrap();
-    let outcome = change.join().expect("the change's thread");
-    let e = outcome.expect_err("a change of a cancelled job");
+    let e = behind_a_cancel(
+        &cluster,
+        &mut c,
+        job,
+        "SELECT bgw_alter($1, schedule => '* * * * *')",
+    )
+    .expect_err("a change of a cancelled job");
     assert_eq!(sqlstate(&e), "55000", "{e}");
-    let state: String = c
-        .query_one(
-            "SELECT state FROM bgw_jobs WHERE id OPERATOR(pg_catalog.=) $1",
-            &[&job],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(state, "cancelled");
     finish(&mut c);
 }
 

@@ -483,8 +483,9 @@ fn bgw_cancel(job: Option<i64>) -> bool {
 /// after it; from then on, until this transaction ends, no run of the job
 /// starts.
 ///
-/// A finished job with a run still to end (`bgw_run_now`) is cancelled
-/// too, so that this holds for that run. Stopping a run is not undone if
+/// A finished job with a run still to end (`bgw_run_now`), or whose run
+/// this call stopped and the scheduler recorded meanwhile, is cancelled
+/// too. Stopping a run is not undone if
 /// this transaction rolls back.
 pub(super) fn cancel(job: i64) -> bool {
     let home = pg::current_database().to_u32();
@@ -511,6 +512,9 @@ pub(super) fn cancel(job: i64) -> bool {
             )?
             .len();
         let stopped = stop();
+        if stopped {
+            crate::faults::cancel_stopped_a_run();
+        }
         let n = client
             .update(
                 &format!(
@@ -524,7 +528,10 @@ pub(super) fn cancel(job: i64) -> bool {
                     runs = t.runs
                 ),
                 None,
-                &[job.into(), (queued > 0).into()],
+                // A run queued or stopped by this call counts as one still to
+                // end: the scheduler may have recorded the stopped one, and
+                // marked a one-shot job finished, in between.
+                &[job.into(), (queued > 0 || stopped).into()],
             )?
             .len();
         Ok((n + queued, stop() || stopped))
