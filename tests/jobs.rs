@@ -331,8 +331,9 @@ fn cancel_stops_a_running_job_at_once() {
 /// start: the queued run locked by the scheduler but no job slot taken yet,
 /// and the run committed as running but no worker registered yet. (Test
 /// builds pause the scheduler there, and log when.) The run is stopped
-/// either way and never does its work; before, it escaped the cancel and
-/// ran to its end.
+/// either way and never does its work, or (a run that ended before the
+/// cancel could go on) bgw_cancel says it cancelled nothing; before, it
+/// said it cancelled the job while the run escaped and ran to its end.
 #[test]
 fn a_cancel_while_the_run_is_being_started_stops_it() {
     for at in ["reserve", "launch"] {
@@ -341,28 +342,36 @@ fn a_cancel_while_the_run_is_being_started_stops_it() {
         c.batch_execute("CREATE TABLE hits (x int)").unwrap();
         let job = run(&mut c, "SELECT bgw_run('INSERT INTO hits VALUES (1)')");
         cluster.wait_for_log(&format!("test pause before {at}: job {job} run 1,"), T);
-        assert!(
-            c.query_one("SELECT bgw_cancel($1)", &[&job])
-                .unwrap()
-                .get::<_, bool>(0),
-            "{at}: bgw_cancel found nothing to cancel"
-        );
+        let cancelled: bool = c
+            .query_one("SELECT bgw_cancel($1)", &[&job])
+            .unwrap()
+            .get(0);
         let r = finished_run(&mut c, job, 1);
-        assert_eq!(
-            status_code_error(&r),
-            (
-                Some("cancelled"),
-                Some("57P01"),
-                Some("cancelled by bgw_cancel()")
-            ),
-            "{at}: {r}"
-        );
-        assert_eq!(
-            scalar_i64(&mut c, "SELECT count(*) FROM hits"),
-            0,
-            "{at}: the cancelled run did its work"
-        );
-        assert_eq!(job_state(&mut c, job), "cancelled", "{at}");
+        if cancelled {
+            assert_eq!(
+                status_code_error(&r),
+                (
+                    Some("cancelled"),
+                    Some("57P01"),
+                    Some("cancelled by bgw_cancel()")
+                ),
+                "{at}: {r}"
+            );
+            assert_eq!(
+                scalar_i64(&mut c, "SELECT count(*) FROM hits"),
+                0,
+                "{at}: the cancelled run did its work"
+            );
+            assert_eq!(job_state(&mut c, job), "cancelled", "{at}");
+        } else {
+            // Before a slot is taken bgw_cancel waits for the start to
+            // commit; on a loaded machine so short a run can end before it
+            // goes on. Then it cancelled nothing, and says so: never both.
+            assert_eq!(at, "reserve", "bgw_cancel found nothing to cancel");
+            assert_eq!(status_code_error(&r).0, Some("succeeded"), "{r}");
+            assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM hits"), 1);
+            assert_eq!(job_state(&mut c, job), "finished");
+        }
         // No worker of it is shown starting for ever.
         assert_eq!(
             scalar_i64(
