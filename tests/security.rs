@@ -1684,7 +1684,7 @@ fn held_jobs_with_runs_to_count_never_spin_or_hold_up_others() {
     .unwrap();
     // Their runs expire (53000), finished but not counted: their jobs are
     // held.
-    wait_until("the attacker's runs to expire", T, || {
+    wait_until("the attacker's runs to expire", T * 3, || {
         let n: i64 = c
             .query_one(
                 "SELECT count(*) FROM bgw_job_runs \
