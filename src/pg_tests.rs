@@ -25,6 +25,7 @@ mod tests {
         assert_eq!(show("bgworker_rs.queue_timeout"), "1min");
         assert_eq!(show("bgworker_rs.history_max_age"), "30d");
         assert_eq!(show("bgworker_rs.history_max_runs"), "1000");
+        assert_eq!(show("bgworker_rs.job_worker_idle_time"), "10s");
         let context = Spi::get_one::<String>(
             "SELECT string_agg(name || '=' || context, ',' ORDER BY name) FROM pg_settings WHERE name LIKE 'bgworker_rs.%'",
         )
@@ -32,7 +33,7 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(
             context,
-            "bgworker_rs.database=sighup,bgworker_rs.history_max_age=sighup,bgworker_rs.history_max_runs=sighup,bgworker_rs.launch_timeout=user,bgworker_rs.max_jobs=postmaster,bgworker_rs.monitor=postmaster,\
+            "bgworker_rs.database=sighup,bgworker_rs.history_max_age=sighup,bgworker_rs.history_max_runs=sighup,bgworker_rs.job_worker_idle_time=sighup,bgworker_rs.launch_timeout=user,bgworker_rs.max_jobs=postmaster,bgworker_rs.monitor=postmaster,\
              bgworker_rs.naptime=sighup,bgworker_rs.queue_timeout=sighup,bgworker_rs.restart_time=postmaster,bgworker_rs.role=sighup,bgworker_rs.total_workers=postmaster"
         );
     }

@@ -17,6 +17,7 @@ pub static MONITOR: GucSetting<bool> = GucSetting::<bool>::new(false);
 pub static LAUNCH_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 pub static MAX_JOBS: GucSetting<i32> = GucSetting::<i32>::new(8);
 pub static QUEUE_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+pub static JOB_WORKER_IDLE_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 pub static HISTORY_MAX_AGE_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
 pub static HISTORY_MAX_RUNS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -113,6 +114,16 @@ pub fn init(preloading: bool) {
         c"A recurring job's run waits up to its period instead.",
         &QUEUE_TIMEOUT_MS,
         1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"bgworker_rs.job_worker_idle_time",
+        c"How long a job's worker stays, idle and connected, after a run that succeeded.",
+        c"The next run for the same database, target database and role then takes it, without a new process. 0 ends each worker after its run.",
+        &JOB_WORKER_IDLE_MS,
+        0,
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_MS,

@@ -302,6 +302,7 @@ fn out_of_range_settings_in_config_warn_and_keep_defaults() {
         ("database", "postgres"),
         ("history_max_age", "2592000"),
         ("history_max_runs", "1000"),
+        ("job_worker_idle_time", "10000"),
         ("launch_timeout", "30000"),
         ("max_jobs", "8"),
         ("monitor", "off"),

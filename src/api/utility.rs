@@ -6,7 +6,8 @@
 //!   aside: it is stopped and kept out until the statement ends, then the
 //!   database is looked at again (it may be gone, renamed, or copied). A
 //!   `DROP DATABASE` also stops the runs of the database's own jobs that
-//!   are connected to it (they would block the drop).
+//!   are connected to it (they would block the drop), and idle warm job
+//!   workers connected to it leave.
 //! - Only when PostgreSQL's own cheap checks would let the statement go on:
 //!   the caller owns the database (and may create databases, for a rename
 //!   or a copy), it is not the caller's current database, and a statement
@@ -88,6 +89,8 @@ fn aside(database: Option<pg_sys::Oid>, runs: bool, run: &mut dyn FnMut()) {
         if runs {
             job_slots::stop_runs_in(db, db);
         }
+        // Idle job workers connected to it would block the statement.
+        job_slots::dismiss_warm(db);
         run();
     };
     pg::with_finally(&mut body, || schedulers::release(db));

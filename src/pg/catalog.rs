@@ -236,3 +236,40 @@ pub fn watch_roles_and_databases() {
 pub fn roles_or_databases_changed() -> bool {
     ROLES_OR_DATABASES_CHANGED.swap(false, std::sync::atomic::Ordering::Relaxed)
 }
+
+/// Which versions of `role`'s `pg_authid` row and `database`'s
+/// `pg_database` row are current: any `ALTER ROLE` or `ALTER DATABASE`
+/// (a password, `SUPERUSER`, `LOGIN`, a rename, `ALLOW_CONNECTIONS`, a
+/// grant of `CONNECT`...) writes a new version, with a new position and
+/// transaction id, and never gives an old one back. 0 if either is gone.
+/// Inside a transaction.
+pub fn connect_stamp(role: pg_sys::Oid, database: pg_sys::Oid) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for (cache, oid) in [
+        (pg_sys::SysCacheIdentifier::AUTHOID, role),
+        (pg_sys::SysCacheIdentifier::DATABASEOID, database),
+    ] {
+        // SAFETY: a syscache look-up inside a transaction; the tuple, if
+        // any, is released before we go on, and only its header and
+        // position are read.
+        let version = unsafe {
+            let tuple =
+                pg_sys::SearchSysCache1(cache as std::os::raw::c_int, pg_sys::Datum::from(oid));
+            if tuple.is_null() {
+                return 0;
+            }
+            let self_ = (*tuple).t_self;
+            let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin.into_inner();
+            pg_sys::ReleaseSysCache(tuple);
+            (
+                xmin,
+                self_.ip_blkid.bi_hi,
+                self_.ip_blkid.bi_lo,
+                self_.ip_posid,
+            )
+        };
+        version.hash(&mut hasher);
+    }
+    hasher.finish().max(1)
+}

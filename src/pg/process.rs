@@ -81,22 +81,21 @@ pub fn on_postmaster_shmem_exit(f: fn()) {
     unsafe { pg_sys::on_shmem_exit(Some(postmaster_exit_trampoline), pg_sys::Datum::from(0)) }
 }
 
-static ON_EXIT: std::sync::OnceLock<fn(i32)> = std::sync::OnceLock::new();
-
 #[pgrx::pg_guard]
-extern "C-unwind" fn on_exit_trampoline(code: std::os::raw::c_int, _arg: pg_sys::Datum) {
-    if let Some(f) = ON_EXIT.get() {
-        f(code);
-    }
+extern "C-unwind" fn on_exit_trampoline(code: std::os::raw::c_int, arg: pg_sys::Datum) {
+    // SAFETY: `arg` is the `fn(i32)` that `on_exit` registered, as a
+    // pointer-sized integer; function pointers and usize have one size.
+    let f = unsafe { std::mem::transmute::<usize, fn(i32)>(arg.value()) };
+    f(code);
 }
 
 /// Runs `f(exit_code)` when the process exits (`on_shmem_exit`), while its
-/// PGPROC and LWLocks still work. One callback per process.
+/// PGPROC and LWLocks still work. Callbacks run in the reverse order of
+/// their registration.
 pub fn on_exit(f: fn(i32)) {
-    if ON_EXIT.set(f).is_ok() {
-        // SAFETY: registers a guarded callback; PostgreSQL calls it once.
-        unsafe { pg_sys::on_shmem_exit(Some(on_exit_trampoline), pg_sys::Datum::from(0)) }
-    }
+    // SAFETY: registers a guarded callback, with `f` as its argument;
+    // PostgreSQL calls it once.
+    unsafe { pg_sys::on_shmem_exit(Some(on_exit_trampoline), pg_sys::Datum::from(f as usize)) }
 }
 
 /// Microseconds since 1970 now (PostgreSQL counts from 2000).

@@ -86,6 +86,19 @@ pub fn arm_statement_timeout(remaining_ms: Option<i64>) -> Armed {
     armed
 }
 
+/// After a run's last statement, as `finish_xact_command` does for a
+/// client: the statement timer is stopped, and a cancel it (or anyone)
+/// asked for meanwhile is forgotten, so that neither reaches the worker
+/// while it waits for its next run.
+pub fn disarm_statement_timeout() {
+    // SAFETY: STATEMENT_TIMEOUT is registered in every backend; clearing
+    // the flag is what ProcessInterrupts does with a cancel it ignores.
+    unsafe {
+        disable_timeout(STATEMENT_TIMEOUT, false);
+        std::ptr::write_volatile(&raw mut pg_sys::QueryCancelPending, 0);
+    }
+}
+
 /// REPEATABLE READ or SERIALIZABLE: one snapshot for the whole transaction.
 pub fn isolation_uses_xact_snapshot() -> bool {
     // SAFETY: plain read of a backend-local global.

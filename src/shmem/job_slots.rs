@@ -10,6 +10,14 @@
 //!
 //! Waiters in `bgw_result()` sleep on one condition variable, broadcast each
 //! time a scheduler has committed outcomes.
+//!
+//! Warm workers: after a run that succeeded, its worker may stay, idle and
+//! connected, for `bgworker_rs.job_worker_idle_time`, in a free slot that it
+//! takes (`Warm`). A later run of the same database's jobs, for the same
+//! target database and role, is handed to it by the scheduler ([`reserve`])
+//! without a new process, as long as neither the role nor the database has
+//! changed since the worker connected (`stamp`). A warm worker holds a job
+//! slot and a worker slot, and gives both way to a run that needs them.
 
 use crate::pg::{self, CapturedError, RawHandle, SharedArray, SharedCondVar};
 use crate::settings;
@@ -39,6 +47,9 @@ pub enum SlotState {
     Launched,
     /// The worker left its outcome (or the launch failed).
     Done,
+    /// An idle worker, connected to `database` as `role`, waiting for a run
+    /// of `home`'s jobs; `pid`, `handle` and the registry entry are its own.
+    Warm,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -70,6 +81,8 @@ pub struct Slot {
     /// `bgw_cancel()` stopped this run.
     pub cancel_requested: bool,
     pub has_handle: bool,
+    /// Handed to a warm worker: no worker is registered for it.
+    pub warm: bool,
     pub status: Status,
     /// The database that keeps the job, whose scheduler owns this slot.
     pub home: u32,
@@ -80,6 +93,10 @@ pub struct Slot {
     pub reserved_by: i32,
     pub database: u32,
     pub role: u32,
+    /// The role's and the database's catalog rows as the worker saw them
+    /// when it connected (`pg::connect_stamp`): a warm worker is handed a
+    /// run only while they are unchanged.
+    pub stamp: u64,
     /// 0: no timeout.
     pub timeout_ms: i32,
     /// Run the script as one transaction (else one per statement).
@@ -119,6 +136,7 @@ impl Default for Slot {
             state: SlotState::Free,
             cancel_requested: false,
             has_handle: false,
+            warm: false,
             status: Status::Succeeded,
             home: 0,
             job: 0,
@@ -127,6 +145,7 @@ impl Default for Slot {
             reserved_by: 0,
             database: 0,
             role: 0,
+            stamp: 0,
             timeout_ms: 0,
             atomic: true,
             gexec: false,
@@ -192,6 +211,59 @@ impl Slot {
         })
     }
 
+    /// An idle worker that may take `run`: same database's jobs, same
+    /// target database and role, neither changed since it connected.
+    fn is_warm_for(&self, run: &Run<'_>) -> bool {
+        self.state == SlotState::Warm
+            && self.home == run.home
+            && self.database == run.database
+            && self.role == run.role
+            && self.stamp != 0
+            && self.stamp == run.stamp
+    }
+
+    /// Fills a slot for `run`, reserved by this scheduler process, with
+    /// `registry` as the run's entry.
+    fn fill(&mut self, run: &Run<'_>, registry: Ticket) {
+        *self = Slot::default();
+        self.state = SlotState::Reserved;
+        self.home = run.home;
+        self.job = run.job;
+        self.run = run.run;
+        self.reserved_by = pg::my_pid();
+        self.database = run.database;
+        self.role = run.role;
+        self.stamp = run.stamp;
+        self.timeout_ms = run.timeout_ms;
+        self.atomic = run.atomic;
+        self.gexec = run.gexec;
+        self.registry_slot = registry.slot;
+        self.registry_epoch = registry.epoch;
+        self.sql_len = copy_cut(run.sql, &mut self.sql) as u32;
+    }
+
+    /// Fills a warm worker's slot for `run`: the worker, its handle and
+    /// its registry entry stay.
+    fn hand_to_warm(&mut self, run: &Run<'_>) {
+        let (pid, handle, ticket) = (self.pid, self.handle, self.registry_ticket());
+        self.fill(run, ticket);
+        self.pid = pid;
+        self.handle = handle;
+        self.has_handle = true;
+        self.warm = true;
+    }
+
+    /// Empties a slot but for its worker, idle: the slot of `worker`
+    /// (a run it finished, or one handed to it and taken back).
+    fn make_warm(&mut self, worker: &Slot) {
+        *self = Slot::default();
+        self.state = SlotState::Warm;
+        (self.home, self.database, self.role, self.stamp) =
+            (worker.home, worker.database, worker.role, worker.stamp);
+        (self.pid, self.handle, self.has_handle) = (worker.pid, worker.handle, true);
+        (self.registry_slot, self.registry_epoch) = (worker.registry_slot, worker.registry_epoch);
+    }
+
     fn registry_ticket(&self) -> Ticket {
         Ticket {
             slot: self.registry_slot,
@@ -217,6 +289,8 @@ pub struct Run<'a> {
     pub run: i32,
     pub database: u32,
     pub role: u32,
+    /// `pg::connect_stamp` of `role` and `database`, read as it starts.
+    pub stamp: u64,
     pub timeout_ms: i32,
     pub atomic: bool,
     pub gexec: bool,
@@ -295,48 +369,58 @@ fn next_turn(slots: &[Slot], home: u32, waiting: &[(u32, i64)]) -> Option<u32> {
         .map(|(db, _)| *db)
 }
 
+/// Slots with a run of `home`'s jobs (an idle warm worker holds none).
 fn used_by(slots: &[Slot], home: u32) -> usize {
     slots
         .iter()
-        .filter(|s| s.state != SlotState::Free && s.home == home)
+        .filter(|s| s.is_busy() && s.home == home)
         .count()
 }
 
-/// A scheduler takes a free slot for a run; `None` when all are busy, or
-/// when the free one is another waiting database's turn. Then that
-/// database's scheduler (that one only) is woken: it may have looked (and
-/// been refused, the turn being ours) before we took our share, and
-/// nothing else would wake it while the slot stays free.
-pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
+impl Slot {
+    /// Holds a run (reserved, going, or its outcome not yet recorded).
+    fn is_busy(&self) -> bool {
+        !matches!(self.state, SlotState::Free | SlotState::Warm)
+    }
+}
+
+/// A scheduler takes a slot for a run: an idle warm worker's for the run's
+/// database and role (`true`: that worker runs it), else a free one, else
+/// one an idle worker of another database or role gives way (it is
+/// terminated). `None` when all are busy, or when the slot is another
+/// waiting database's turn. Then that database's scheduler (that one only)
+/// is woken: it may have looked (and been refused, the turn being ours)
+/// before we took our share, and nothing else would wake it while the
+/// slot stays free.
+pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<(usize, bool)> {
     if run.sql.len() > SQL_MAX {
         return None; // bgw_run refuses longer statements
     }
     // Read first, so that the two locks are never held together.
     let waiting = schedulers::waiting();
-    let taken = SLOTS.write(|slots| {
-        let i = slots.iter().position(|s| s.state == SlotState::Free)?;
+    let (taken, evicted) = SLOTS.write(|slots| {
+        let warm = slots.iter().position(|s| s.is_warm_for(run));
+        let free = || slots.iter().position(|s| s.state == SlotState::Free);
+        let idle = || slots.iter().position(|s| s.state == SlotState::Warm);
+        let Some(i) = warm.or_else(free).or_else(idle) else {
+            return (None, None);
+        };
         if !fair(slots, run.home, &waiting) {
-            return Some(Err(next_turn(slots, run.home, &waiting)));
+            return (Some(Err(next_turn(slots, run.home, &waiting))), None);
         }
-        let s = &mut slots[i];
-        *s = Slot::default();
-        s.state = SlotState::Reserved;
-        s.home = run.home;
-        s.job = run.job;
-        s.run = run.run;
-        s.reserved_by = pg::my_pid();
-        s.database = run.database;
-        s.role = run.role;
-        s.timeout_ms = run.timeout_ms;
-        s.atomic = run.atomic;
-        s.gexec = run.gexec;
-        s.registry_slot = registry.slot;
-        s.registry_epoch = registry.epoch;
-        s.sql_len = copy_cut(run.sql, &mut s.sql) as u32;
-        Some(Ok(i))
+        if warm.is_some() {
+            slots[i].hand_to_warm(run);
+            return (Some(Ok((i, true))), None);
+        }
+        let evicted = (slots[i].state == SlotState::Warm).then_some(slots[i].handle);
+        slots[i].fill(run, registry);
+        (Some(Ok((i, false))), evicted)
     });
+    if let Some(handle) = evicted {
+        pg::terminate_worker(handle);
+    }
     match taken {
-        Some(Ok(i)) => Some(i),
+        Some(Ok(taken)) => Some(taken),
         Some(Err(turn)) => {
             if let Some(database) = turn {
                 schedulers::wake_waiting_in(database);
@@ -344,6 +428,21 @@ pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<usize> {
             None
         }
         None => None,
+    }
+}
+
+/// Starts run `id`, handed to the warm worker in slot `i` and committed:
+/// wakes the worker.
+pub fn launch_warm(i: usize, id: RunId) {
+    let pid = SLOTS.write(|slots| {
+        let s = slots
+            .get_mut(i)
+            .filter(|s| s.run_id() == id && s.warm && s.state == SlotState::Reserved)?;
+        s.state = SlotState::Launched;
+        Some(s.pid)
+    });
+    if let Some(pid) = pid {
+        pg::wake_backend(pid);
     }
 }
 
@@ -356,13 +455,18 @@ pub enum Launched {
     CancelRequested,
 }
 
-/// Records the worker of reserved slot `i`. Under the same lock as
-/// `request_cancel`: either that sees the handle and terminates the
-/// worker, or this reports the request and the caller does.
-pub fn set_launched(i: usize, handle: RawHandle) -> Launched {
-    SLOTS.write(
-        |slots| match slots.get_mut(i).filter(|s| s.state == SlotState::Reserved) {
-            Some(s) => {
+/// Records the worker of reserved slot `i` (run `id`). Under the same lock
+/// as `request_cancel`: either that sees the handle and terminates the
+/// worker, or this reports the request and the caller does. The handle is
+/// kept even if the run is already over (a fast worker), for the worker to
+/// stay warm.
+pub fn set_launched(i: usize, id: RunId, handle: RawHandle) -> Launched {
+    SLOTS.write(|slots| {
+        let Some(s) = slots.get_mut(i).filter(|s| s.run_id() == id) else {
+            return Launched::Recorded;
+        };
+        match s.state {
+            SlotState::Reserved => {
                 s.state = SlotState::Launched;
                 s.handle = handle;
                 s.has_handle = true;
@@ -372,9 +476,128 @@ pub fn set_launched(i: usize, handle: RawHandle) -> Launched {
                     Launched::Recorded
                 }
             }
-            None => Launched::Recorded,
-        },
-    )
+            SlotState::Done => {
+                s.handle = handle;
+                s.has_handle = true;
+                Launched::Recorded
+            }
+            _ => Launched::Recorded,
+        }
+    })
+}
+
+/// A worker whose run finished before its scheduler noted its handle
+/// waits for it a little (up to `wait`), to be able to stay warm: others
+/// make a warm worker give way with its handle.
+pub fn wait_for_handle(i: usize, id: RunId, wait: std::time::Duration) -> bool {
+    pg::wait_for(Some(wait), || {
+        SLOTS
+            .read(|slots| {
+                slots
+                    .get(i)
+                    .is_some_and(|s| s.run_id() == id && s.has_handle)
+            })
+            .then_some(())
+    })
+    .is_some()
+}
+
+/// Whether a worker whose run succeeded could take a slot to idle in.
+pub enum Settle {
+    Warm(usize),
+    /// No slot is free yet: the one its outcome is in frees up once the
+    /// scheduler has recorded it.
+    Later,
+    /// A database waits for a slot: the worker gives way.
+    Never,
+}
+
+/// A run worker whose run succeeded (`done`: a copy of its slot, with the
+/// outcome) offers itself: it takes a free slot, `Warm`. Never while a
+/// database waits for a slot: its runs need that slot more.
+pub fn go_warm(done: &Slot) -> Settle {
+    let me = pg::my_pid();
+    let waits = schedulers::waiting().iter().any(|(_, since)| *since != 0);
+    if !done.has_handle || done.pid != me || waits {
+        return Settle::Never;
+    }
+    SLOTS.write(|slots| {
+        let Some(i) = slots.iter().position(|s| s.state == SlotState::Free) else {
+            return Settle::Later;
+        };
+        slots[i].make_warm(done);
+        Settle::Warm(i)
+    })
+}
+
+/// What a warm worker in slot `i` finds there.
+pub enum WarmNext {
+    /// Still idle; or handed a run whose start is not committed yet.
+    Wait { handed: bool },
+    /// A run to run now (boxed: a slot is about 28 kB).
+    Run(Box<Slot>),
+    /// Its slot was given to another run: the worker exits.
+    Gone,
+}
+
+pub fn warm_next(i: usize) -> WarmNext {
+    let me = pg::my_pid();
+    SLOTS.read(|slots| match slots.get(i) {
+        Some(s) if s.pid != me => WarmNext::Gone,
+        Some(s) if s.state == SlotState::Warm => WarmNext::Wait { handed: false },
+        Some(s) if s.warm && s.state == SlotState::Reserved => WarmNext::Wait { handed: true },
+        Some(s) if s.warm && s.state == SlotState::Launched => WarmNext::Run(Box::new(*s)),
+        _ => WarmNext::Gone,
+    })
+}
+
+/// A warm worker's idle time is over, or it exits: it frees its slot,
+/// unless a run took it meanwhile (false).
+pub fn leave_warm(i: usize) -> bool {
+    let me = pg::my_pid();
+    let home = SLOTS.write(|slots| {
+        let s = slots
+            .get_mut(i)
+            .filter(|s| s.state == SlotState::Warm && s.pid == me)?;
+        let home = s.home;
+        *s = Slot::default();
+        Some(home)
+    });
+    if let Some(home) = home {
+        schedulers::wake_waiting(home);
+    }
+    home.is_some()
+}
+
+/// Idle workers connected to `database` leave (terminated): a statement
+/// needs nobody connected to it.
+pub fn dismiss_warm(database: u32) -> usize {
+    dismiss_warm_where(|s| s.database == database, usize::MAX)
+}
+
+/// One idle worker leaves (terminated): a run or a scheduler found no free
+/// worker slot (`max_worker_processes`). False if there was none.
+pub fn dismiss_one_warm() -> bool {
+    dismiss_warm_where(|_| true, 1) > 0
+}
+
+fn dismiss_warm_where(which: impl Fn(&Slot) -> bool, at_most: usize) -> usize {
+    if !is_available() {
+        return 0;
+    }
+    let taken: Vec<Slot> = SLOTS.write(|slots| {
+        slots
+            .iter_mut()
+            .filter(|s| s.state == SlotState::Warm && which(s))
+            .take(at_most)
+            .map(std::mem::take)
+            .collect()
+    });
+    for s in &taken {
+        pg::terminate_worker(s.handle);
+        schedulers::wake_waiting(s.home);
+    }
+    taken.len()
 }
 
 /// Whose run a worker reports on: a slot taken from it (its scheduler
@@ -480,10 +703,16 @@ pub fn free_unlaunched(home: u32) -> usize {
         slots
             .iter_mut()
             .filter(|s| s.state == SlotState::Reserved && s.home == home && s.reserved_by == me)
-            .map(|s| {
+            .filter_map(|s| {
+                if s.warm {
+                    // Its worker idles again; its registry entry is its own.
+                    let worker = *s;
+                    s.make_warm(&worker);
+                    return None;
+                }
                 let ticket = s.registry_ticket();
                 *s = Slot::default();
-                ticket
+                Some(ticket)
             })
             .collect()
     });
@@ -549,7 +778,7 @@ pub fn abandon(home: u32) -> usize {
 
 /// A copy of slot `i` if it is in use.
 pub fn get(i: usize) -> Option<Slot> {
-    SLOTS.read(|slots| slots.get(i).filter(|s| s.state != SlotState::Free).copied())
+    SLOTS.read(|slots| slots.get(i).filter(|s| s.is_busy()).copied())
 }
 
 /// `slot` as it is now, if its worker has left an outcome in it.
@@ -568,7 +797,7 @@ pub fn busy(home: u32) -> Vec<(usize, Slot)> {
         slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state != SlotState::Free && s.home == home)
+            .filter(|(_, s)| s.is_busy() && s.home == home)
             .map(|(i, s)| (i, *s))
             .collect()
     })

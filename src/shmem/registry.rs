@@ -401,6 +401,14 @@ pub fn report_running() {
     }
 }
 
+/// A job worker that stays warm took a run of another job: `bgw_list`
+/// shows that job's index.
+pub fn set_my_index(index: i32) {
+    if let Some(&ticket) = MY_TICKET.get() {
+        with_ticket(ticket, |e| e.index = index);
+    }
+}
+
 /// This worker completed one more iteration of its loop.
 pub fn report_iteration() {
     if let Some(&ticket) = MY_TICKET.get() {

@@ -155,6 +155,8 @@ fn start(i: usize, db: u32) -> bool {
         }
         None => {
             registry::release(ticket);
+            // An idle warm job worker gives its worker slot way.
+            job_slots::dismiss_one_warm();
             false
         }
     }

@@ -1,15 +1,20 @@
-//! One run of a SQL job: a dynamic worker started by the scheduler. It
+//! A run of a SQL job: a dynamic worker started by the scheduler. It
 //! connects to the job's database as the job's role, reads the script from
 //! its job slot, runs it statement by statement (`script`) and leaves the
 //! outcome in the slot. An error ends the process, as in any background
 //! worker, after its outcome is left in the slot.
+//!
+//! After a run that succeeded, the worker may stay warm (`warm`) and run
+//! the next runs handed to it for the same database and role, each in a
+//! clean session.
 
 mod rows;
 mod script;
+mod warm;
 
 use crate::pg::{self, CapturedError, Connection};
-use crate::shmem::job_slots::{self, Outcome, Status};
-use crate::shmem::{Kind, registry};
+use crate::shmem::job_slots::{self, Outcome, Slot, Status};
+use crate::shmem::{Kind, registry, schedulers};
 use crate::workers::registration::ConnectArgs;
 use pgrx::prelude::*;
 use script::Progress;
@@ -60,8 +65,38 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
         args.flags,
     );
     registry::report_running();
+    warm::connected(args.role, args.database);
 
+    let (mut slot, mut job) = (slot, job);
+    loop {
+        let stays = run(slot, &job);
+        // The scheduler records the outcome; a worker that stays does not
+        // exit, so nothing else would wake it.
+        if stays.is_some() {
+            schedulers::ask_for(job.home);
+        }
+        registry::report_iteration();
+        match stays.and_then(|idle| warm::wait(idle, job.home)) {
+            Some(next) => (slot, job) = next,
+            // Exit code 0: the postmaster forgets the worker; it notifies
+            // the scheduler that registered it (bgw_notify_pid), which
+            // records the outcome.
+            None => pg::exit_quietly(),
+        }
+    }
+}
+
+/// Runs the run in `slot` and leaves its outcome there. An error ends the
+/// process, with the outcome left first. After a run that succeeded, the
+/// worker may stay warm: its session is cleaned first, then it takes a
+/// slot to idle in (returned).
+fn run(slot: usize, job: &Slot) -> Option<usize> {
     let id = job.run_id();
+    if job.cancel_requested {
+        // A run handed to it was cancelled before it started: the cancel
+        // terminates this worker; nothing runs meanwhile.
+        pg::exit_quietly();
+    }
     let progress = RefCell::new(Progress::default());
     // Before any timer is armed: when the run's fires, at least the timeout
     // has passed since `started`, so a timeout is never taken for a cancel.
@@ -72,6 +107,7 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
             .then(|| started + Duration::from_millis(job.timeout_ms as u64)),
         timeout_ms: job.timeout_ms,
     };
+    let mut stays = false;
     pg::inspect_error(
         || {
             script::run(
@@ -81,36 +117,45 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
                 job.gexec,
                 &limits,
                 &progress,
-            )
+            );
+            pg::disarm_statement_timeout();
+            if warm::may_stay(slot, job) {
+                progress.borrow_mut().cleaning = true;
+                warm::discard_session();
+                stays = true;
+            }
         },
         // The outcome, taken where the error is raised; the error then
-        // ends the worker as in any background worker.
+        // ends the worker as in any background worker. One raised while
+        // cleaning the session after the run does not change its outcome.
         |e| {
             let ran = started.elapsed();
-            let failed = match progress.try_borrow() {
+            let outcome = match progress.try_borrow() {
+                Ok(p) if p.cleaning => succeeded(&p),
                 Ok(p) => failure(e, ran, job.timeout_ms, &p),
                 Err(_) => failure(e, ran, job.timeout_ms, &Progress::default()),
             };
-            job_slots::finish(slot, id, &failed);
+            job_slots::finish(slot, id, &outcome);
         },
     );
 
     let progress = progress.into_inner();
-    job_slots::finish(
-        slot,
-        id,
-        &Outcome {
-            status: Status::Succeeded,
-            rows: progress.rows,
-            error: None,
-            result: Some(progress.result.clone().unwrap_or_else(|| "[]".into())),
-            statements: Some(progress.statements()),
-            statement: None,
-        },
-    );
-    // Exit code 0: the postmaster forgets the worker; it notifies the
-    // scheduler (bgw_notify_pid), which records the outcome.
-    pg::exit_quietly();
+    job_slots::finish(slot, id, &succeeded(&progress));
+    if !stays {
+        return None;
+    }
+    warm::settle(slot, id)
+}
+
+fn succeeded(progress: &Progress) -> Outcome {
+    Outcome {
+        status: Status::Succeeded,
+        rows: progress.rows,
+        error: None,
+        result: Some(progress.result.clone().unwrap_or_else(|| "[]".into())),
+        statements: Some(progress.statements()),
+        statement: None,
+    }
 }
 
 /// How a run that raised `e` ended. 57014 is a timeout once the run's

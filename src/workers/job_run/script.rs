@@ -39,6 +39,8 @@ pub struct Progress {
     /// statement that returned a result set.
     pub rows: i64,
     pub result: Option<String>,
+    /// The statements are done; the worker cleans its session to stay.
+    pub cleaning: bool,
 }
 
 /// Room kept for `{"omitted":4294967295}` and the brackets.

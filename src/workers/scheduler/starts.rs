@@ -38,6 +38,8 @@ pub(super) struct Launch {
     pub job: i64,
     pub run: i32,
     slot: usize,
+    /// Handed to a warm worker: nothing to register.
+    warm: bool,
     index: i32,
     args: ConnectArgs,
 }
@@ -600,19 +602,24 @@ fn prepare(q: &Queued) -> Result<Launch, Refused> {
         run: q.run,
         database,
         role,
+        stamp: pg::connect_stamp(q.role, target),
         timeout_ms: q.timeout_ms.clamp(0, i32::MAX.into()) as i32,
         atomic: q.atomic,
         gexec: q.gexec,
         sql: &q.sql,
     };
-    let Some(slot) = job_slots::reserve(&run, ticket) else {
+    let Some((slot, warm)) = job_slots::reserve(&run, ticket) else {
         registry::release(ticket);
         return Err(Refused::NoSlot);
     };
+    if warm {
+        registry::release(ticket); // the warm worker has its own entry
+    }
     Ok(Launch {
         job: q.id,
         run: q.run,
         slot,
+        warm,
         index,
         args: ConnectArgs {
             database,
@@ -623,26 +630,34 @@ fn prepare(q: &Queued) -> Result<Launch, Refused> {
     })
 }
 
-/// Registers the workers of the runs just committed. A run that finds no
-/// worker slot (`max_worker_processes`) gives its job slot back and is
-/// returned, to be queued again at the next wake. A run `bgw_cancel` asked
-/// to stop meanwhile (it found the slot reserved, with no worker to
-/// terminate yet) has its worker terminated here, at once.
+/// Registers the workers of the runs just committed, or wakes the warm
+/// workers they were handed to. A run that finds no worker slot
+/// (`max_worker_processes`) gives its job slot back and is returned, to be
+/// queued again at the next wake; an idle warm worker, if any, gives its
+/// worker slot way meanwhile. A run `bgw_cancel` asked to stop meanwhile
+/// (it found the slot reserved, with no worker to terminate yet) has its
+/// worker terminated here, at once.
 pub(super) fn launch(launches: &[Launch]) -> Vec<(i64, i32)> {
     let mut requeue = Vec::new();
     for l in launches {
         crate::faults::before_launch(l.job, l.run);
+        let id = super::run_id(l.job, l.run);
+        if l.warm {
+            job_slots::launch_warm(l.slot, id);
+            continue;
+        }
         match registration::register_dynamic_worker(Kind::Job, l.index, l.args, None) {
             Some(handle) => {
                 registry::set_handle(l.args.ticket, handle);
-                if job_slots::set_launched(l.slot, handle) == Launched::CancelRequested {
+                if job_slots::set_launched(l.slot, id, handle) == Launched::CancelRequested {
                     pg::terminate_worker(handle);
                 }
             }
             None => {
                 registry::release(l.args.ticket);
-                job_slots::free_quietly(l.slot, super::run_id(l.job, l.run));
+                job_slots::free_quietly(l.slot, id);
                 requeue.push((l.job, l.run));
+                job_slots::dismiss_one_warm();
             }
         }
     }

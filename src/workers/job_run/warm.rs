@@ -1,0 +1,154 @@
+//! Staying warm: after a run that succeeded, the worker cleans its session
+//! as `DISCARD ALL` does, then waits, idle and connected, for
+//! `bgworker_rs.job_worker_idle_time`. A run of the same database's jobs
+//! for the same target database and role may be handed to it meanwhile
+//! (`job_slots::reserve`), without a new process or connection, as long as
+//! neither the role nor the database changed since it connected. It leaves
+//! when the idle time is over, when its slot or its worker slot is needed
+//! by another run, or when its session could not be cleaned.
+
+use super::rows::Rows;
+use crate::pg::{self, Script};
+use crate::settings;
+use crate::shmem::job_slots::{self, RunId, Settle, Slot, WarmNext};
+use crate::shmem::{registry, schedulers};
+use crate::store;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The slot this worker idles in (`usize::MAX`: none), and the database
+/// whose jobs it runs: for the exit callback.
+static WARM_SLOT: AtomicUsize = AtomicUsize::new(usize::MAX);
+static HOME: AtomicU32 = AtomicU32::new(0);
+/// `pg::connect_stamp` of its role and database as it connected.
+static CONNECTED: AtomicU64 = AtomicU64::new(0);
+
+/// Notes what its role and database were as this worker connected, and
+/// arranges that at exit, however it comes, the slot it idled in is free
+/// again and the scheduler of the database whose runs it served looks at
+/// once (a worker that served a run handed to it is not the one the
+/// postmaster notifies that scheduler of).
+pub fn connected(role: u32, database: u32) {
+    pg::start_transaction();
+    let stamp = pg::connect_stamp(role.into(), database.into());
+    pg::commit_transaction();
+    CONNECTED.store(stamp, Ordering::Relaxed);
+    pg::on_exit(|_code| {
+        let slot = WARM_SLOT.load(Ordering::Relaxed);
+        if slot != usize::MAX {
+            job_slots::leave_warm(slot);
+        }
+        let home = HOME.load(Ordering::Relaxed);
+        if home != 0 {
+            schedulers::ask_for(home);
+        }
+    });
+}
+
+fn idle_time() -> Duration {
+    Duration::from_millis(settings::JOB_WORKER_IDLE_MS.get().max(0) as u64)
+}
+
+/// How long a worker that finished before its scheduler noted its handle
+/// waits for it, to stay warm (others make it give way with the handle).
+const HANDLE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a worker that finds no free slot to idle in waits for the one
+/// its outcome is in to be recorded and freed.
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
+
+/// May the worker of run `job` (in slot `slot`) stay after it? Not when
+/// warm workers are off, or the run was cancelled; nor when its role or
+/// database changed between the run's start and its connection (the
+/// session may hold what the role had before: superuser, login).
+pub fn may_stay(slot: usize, job: &Slot) -> bool {
+    HOME.store(job.home, Ordering::Relaxed);
+    let id = job.run_id();
+    let stamp = CONNECTED.load(Ordering::Relaxed);
+    if idle_time().is_zero()
+        || stamp == 0
+        || stamp != job.stamp
+        || !job_slots::get(slot).is_some_and(|s| s.run_id() == id && !s.cancel_requested)
+    {
+        return false;
+    }
+    let known = job_slots::wait_for_handle(slot, id, HANDLE_WAIT);
+    if !known {
+        pgrx::debug1!(
+            "{}: its handle is not known; not staying",
+            pg::worker_name()
+        );
+    }
+    known
+}
+
+/// After its outcome is left in slot `slot` (run `id`): takes a slot to
+/// idle in, or `None` (the worker exits).
+pub fn settle(slot: usize, id: RunId) -> Option<usize> {
+    let done = job_slots::get(slot).filter(|s| s.run_id() == id)?;
+    let warm = pg::wait_for(Some(SETTLE_WAIT), || match job_slots::go_warm(&done) {
+        Settle::Warm(i) => Some(Some(i)),
+        Settle::Never => Some(None),
+        Settle::Later => None,
+    })
+    .flatten();
+    if warm.is_none() {
+        pgrx::debug1!(
+            "{}: no job slot to stay warm in, or a database waits for one; exiting",
+            pg::worker_name()
+        );
+    }
+    warm
+}
+
+/// Waits, warm in slot `slot`, for a run of `home`'s jobs, up to the idle
+/// time since it became idle (or since a start that was handed it gave it
+/// back). Returns the run, with its slot; `None` to exit.
+pub fn wait(slot: usize, home: u32) -> Option<(usize, Slot)> {
+    WARM_SLOT.store(slot, Ordering::Relaxed);
+    HOME.store(home, Ordering::Relaxed);
+    let next = wait_in(slot);
+    WARM_SLOT.store(usize::MAX, Ordering::Relaxed);
+    let job = next?;
+    registry::set_my_index(store::registry_index(job.job));
+    Some((slot, job))
+}
+
+fn wait_in(slot: usize) -> Option<Slot> {
+    let mut since = Instant::now();
+    loop {
+        match job_slots::warm_next(slot) {
+            WarmNext::Run(job) => return Some(*job),
+            WarmNext::Gone => return None,
+            // Its start has not committed yet: never time out meanwhile.
+            WarmNext::Wait { handed: true } => since = Instant::now(),
+            WarmNext::Wait { handed: false } => {}
+        }
+        let left = idle_time().saturating_sub(since.elapsed());
+        if left.is_zero() {
+            if job_slots::leave_warm(slot) {
+                return None;
+            }
+            continue; // a run took it meanwhile
+        }
+        pg::wait_latch(left.as_millis() as i64 + 1, pg::worker_wait_event());
+        pg::check_for_interrupts();
+        pg::reload_config_if_requested();
+    }
+}
+
+/// What `DISCARD ALL` does, in a transaction of its own, as a client's
+/// statement: settings (the role, the session authorization and the
+/// search path included) back to the session's defaults, temporary tables
+/// dropped, prepared statements deallocated, cursors closed, `LISTEN`
+/// ended, advisory locks released, cached plans and sequence values
+/// forgotten. It fails (and the worker exits) inside a transaction block
+/// the run left open.
+pub fn discard_session() {
+    pg::start_transaction();
+    let script = Script::parse("DISCARD ALL");
+    let mut sink = Rows::new(false);
+    script.run(0, false, &mut sink);
+    pg::commit_transaction();
+    script.release();
+}
