@@ -523,3 +523,16 @@ fn a_database_whose_connect_is_revoked_never_gets_its_warm_worker() {
         (Some("failed"), Some("42501")),
     );
 }
+
+#[test]
+fn with_one_job_slot_the_worker_stays_in_the_slot_its_run_leaves() {
+    // The worker's outcome holds the only slot until the scheduler records
+    // it: the worker must wake the scheduler, not wait for a free slot
+    // that only its recording frees.
+    let (_cluster, mut c) = cluster(&["bgworker_rs.max_jobs = 1"]);
+    let pid = pid_of(&succeeded(&mut c, "SELECT 1"));
+    for _ in 0..3 {
+        let r = succeeded(&mut c, "SELECT 1");
+        assert_eq!(pid_of(&r), pid, "a new worker ran it: {r}");
+    }
+}

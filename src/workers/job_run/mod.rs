@@ -70,11 +70,6 @@ pub extern "C-unwind" fn bgworker_rs_job_main(main_arg: pg_sys::Datum) {
     let (mut slot, mut job) = (slot, job);
     loop {
         let stays = run(slot, &job);
-        // The scheduler records the outcome; a worker that stays does not
-        // exit, so nothing else would wake it.
-        if stays.is_some() {
-            schedulers::ask_for(job.home);
-        }
         registry::report_iteration();
         match stays.and_then(|idle| warm::wait(idle, job.home)) {
             Some(next) => (slot, job) = next,
@@ -144,6 +139,10 @@ fn run(slot: usize, job: &Slot) -> Option<usize> {
     if !stays {
         return None;
     }
+    // The scheduler records the outcome (and frees its slot, which this
+    // worker may be waiting for): a worker that stays does not exit, so
+    // nothing else would wake it.
+    schedulers::ask_for(job.home);
     warm::settle(slot, id)
 }
 
