@@ -102,8 +102,9 @@ pub fn cancel_stopped_a_run() {
     pause(CANCEL_PAUSE_MS.get());
 }
 
-/// A scheduler has taken a job slot for a run of job `job`: a start that
-/// fails there (an error in its subtransaction).
+/// A scheduler (or `bgw_run`, from a warm worker) has taken a job slot for
+/// a run of job `job`: a start that fails there (an error in its
+/// subtransaction).
 pub fn after_reserve(_job: i64) {
     #[cfg(feature = "fault_injection")]
     {

@@ -24,6 +24,35 @@ pub type SpiResult<T> = Result<T, pgrx::spi::Error>;
 /// The version of the extension's SQL objects this library works with.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// A run's `finished_at` as its worker left it in its job slot: parameter
+/// `$14`, microseconds since 1970, 0 for unknown (then NULL).
+pub const FINISHED_AT: &str =
+    "(timestamptz 'epoch' + nullif($14::int8, 0) * interval '1 microsecond')";
+
+/// A run's outcome as SQL parameters, `$1` to `$14`, as the scheduler
+/// records it and as `bgw_result()` returns it before that.
+pub fn outcome_args(
+    slot: &crate::shmem::job_slots::Slot,
+    o: &crate::shmem::job_slots::Outcome,
+) -> Vec<pgrx::datum::DatumWithOid<'static>> {
+    vec![
+        slot.job.into(),
+        slot.run.into(),
+        o.status.as_str().into(),
+        o.rows.into(),
+        o.error.as_ref().map(|e| e.sqlstate()).into(),
+        o.error.as_ref().map(|e| e.message.clone()).into(),
+        o.result.clone().into(),
+        slot.pid.into(),
+        o.error.as_ref().and_then(|e| e.detail.clone()).into(),
+        o.error.as_ref().and_then(|e| e.hint.clone()).into(),
+        o.statements.clone().into(),
+        o.statement.as_ref().map(|s| s.0).into(),
+        o.statement.as_ref().map(|s| s.1.clone()).into(),
+        slot.finished_at.into(),
+    ]
+}
+
 /// What [`with_tables`] found in the database.
 pub enum Found<R> {
     Installed(R),

@@ -90,7 +90,11 @@ fn a_job_runs_once_and_hands_back_its_rows() {
     );
     assert_eq!(r["result"].as_array().map(Vec::len), Some(3));
     assert!(r["pid"].as_i64().is_some_and(|p| p > 0), "{r}");
-    assert_eq!(job_state(&mut c, job), "finished");
+    // bgw_result returns the outcome as the worker left it; the scheduler
+    // records it and finishes the job a moment later.
+    wait_until("the job to be finished", T, || {
+        (job_state(&mut c, job) == "finished").then_some(())
+    });
     // Once finished, bgw_result returns the last run at once.
     assert_eq!(result(&mut c, job)["run"], 1);
 

@@ -42,13 +42,13 @@ fn succeeded(c: &mut Client, sql: &str) -> Value {
     r
 }
 
-/// `n` job workers that are idle: none of them has a run in a slot.
+/// `n` job workers that are idle and warm (as `pg_stat_activity` shows).
 fn wait_for_warm_workers(c: &mut Client, n: usize) {
     let found = poll(T, || {
         let workers = c
             .query(
                 "SELECT pid FROM pg_stat_activity WHERE backend_type = 'bgworker_rs job' \
-                    AND state = 'idle'",
+                    AND state = 'idle' AND query = 'bgworker_rs: warm, waiting for a run'",
                 &[],
             )
             .expect("pg_stat_activity")
@@ -89,7 +89,7 @@ fn still_contained(c: &mut Client, attacker: &str) {
 }
 
 #[test]
-fn the_next_run_takes_the_warm_worker() {
+fn the_next_run_takes_the_warm_worker_and_its_outcome_is_the_recorded_one() {
     let (_cluster, mut c) = cluster(&[]);
     let first = succeeded(&mut c, "SELECT pg_backend_pid() AS pid");
     let pid = pid_of(&first);
@@ -105,8 +105,26 @@ fn the_next_run_takes_the_warm_worker() {
         let r = outcome(&mut c, id);
         assert_eq!(pid_of(&r), pid, "a new process ran it: {r}");
         assert_eq!(r["result"][0]["pid"], pid, "{r}");
+        // What bgw_result returned, maybe before the scheduler recorded
+        // it, is what it recorded, to the microsecond.
         let recorded = common::jobs::finished_run(&mut c, id, 1);
-        assert_eq!(recorded["pid"], pid, "{recorded}");
+        for key in [
+            "status",
+            "started_at",
+            "finished_at",
+            "pid",
+            "rows",
+            "result",
+            "statements",
+        ] {
+            let (a, b) = (&r[key], &recorded[key]);
+            let same = match (a.as_str(), b.as_str()) {
+                // bgw_result's JSON and to_jsonb(row) spell times alike.
+                (Some(x), Some(y)) => x == y,
+                _ => a == b,
+            };
+            assert!(same, "{key}: bgw_result {a}, recorded {b}");
+        }
     }
     let again: String = c
         .query_one(
@@ -534,5 +552,68 @@ fn with_one_job_slot_the_worker_stays_in_the_slot_its_run_leaves() {
     for _ in 0..3 {
         let r = succeeded(&mut c, "SELECT 1");
         assert_eq!(pid_of(&r), pid, "a new worker ran it: {r}");
+    }
+}
+
+#[test]
+fn a_bgw_run_that_fails_under_an_exception_block_gives_its_worker_back() {
+    let (_cluster, mut c) = cluster(&["bgworker_rs.max_jobs = 1"]);
+    c.batch_execute("CREATE TABLE marks (n int)").unwrap();
+    let first = job(&mut c, "SELECT bgw_run('SELECT pg_backend_pid() AS pid')");
+    let warm = pid_of(&outcome(&mut c, first));
+    wait_for_warm_workers(&mut c, 1);
+    // The next job's bgw_run fails right after it took the warm worker
+    // (a test fault), inside a block that catches the error: the
+    // savepoint rolls back, the transaction commits.
+    c.batch_execute(&format!(
+        "SET bgworker_rs.debug_error_after_reserve_job = {};
+         DO $$ BEGIN
+           PERFORM bgw_run('INSERT INTO marks VALUES (1)');
+         EXCEPTION WHEN OTHERS THEN NULL;
+         END $$;
+         RESET bgworker_rs.debug_error_after_reserve_job;",
+        first + 1
+    ))
+    .unwrap();
+    // The only job slot is the warm worker's: given back, it runs the next
+    // run; kept, that run would wait and fail (53000).
+    let r = succeeded(&mut c, "SELECT pg_backend_pid() AS pid");
+    assert_eq!(pid_of(&r), warm, "the warm worker was lost: {r}");
+    let marks = scalar_i64(&mut c, "SELECT count(*) FROM marks");
+    assert_eq!(marks, 0, "the rolled-back job ran");
+}
+
+#[test]
+fn a_warm_worker_terminated_while_a_run_is_handed_to_it_is_never_used_again() {
+    let (_cluster, mut c) = cluster(&["bgworker_rs.max_jobs = 1"]);
+    let mut other = _cluster.connect();
+    for commit in [false, true] {
+        let warm = pid_of(&succeeded(&mut c, "SELECT pg_backend_pid() AS pid"));
+        wait_for_warm_workers(&mut c, 1);
+        // This transaction's bgw_run takes the warm worker; the worker is
+        // terminated before the transaction ends.
+        let mut tx = c.transaction().unwrap();
+        let id: i64 = tx
+            .query_one("SELECT bgw_run('SELECT 1')", &[])
+            .unwrap()
+            .get(0);
+        other
+            .execute("SELECT pg_terminate_backend($1)", &[&(warm as i32)])
+            .unwrap();
+        wait_until("the warm worker to exit", T, || {
+            (!pid_alive(&mut other, warm as i32)).then_some(())
+        });
+        if commit {
+            tx.commit().unwrap();
+            // Its run is over, without an outcome: recorded, not stuck.
+            let r = outcome(&mut c, id);
+            assert_ne!(r["status"], "succeeded", "{r}");
+            assert_ne!(r["status"], "running", "{r}");
+        } else {
+            tx.rollback().unwrap();
+        }
+        // The only job slot is free again, not kept for the dead worker.
+        let r = succeeded(&mut c, "SELECT pg_backend_pid() AS pid");
+        assert_ne!(pid_of(&r), warm, "{r}");
     }
 }

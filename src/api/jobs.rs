@@ -8,6 +8,7 @@ use crate::access;
 use crate::api::{args, launch, manage};
 use crate::pg;
 use crate::pg::UserError;
+use crate::settings;
 use crate::shmem::job_slots::{self, SQL_MAX};
 use crate::shmem::schedulers;
 use crate::store::{self, first_value};
@@ -230,12 +231,14 @@ fn bgw_run(
     access::check_permissions(target, role, 0);
     let me = pg::current_user();
 
+    let home = pg::current_database().to_u32();
     let id = store::with_installed_tables(|client, t| {
-        client
+        let (id, timeout_ms) = client
             .update(
                 &format!(
                     "INSERT INTO {} (sql, database, database_name, role, every, timeout, created_by, next_run_at, atomic, gexec) \
-                     VALUES ($1, $2, $7, $3::oid::regrole, $4, $5, $6::oid::regrole, coalesce($10, now()), $8, $9) RETURNING id",
+                     VALUES ($1, $2, $7, $3::oid::regrole, $4, $5, $6::oid::regrole, coalesce($10, now()), $8, $9) \
+                     RETURNING id, coalesce((extract(epoch FROM timeout) * 1000)::int8, 0)",
                     t.defs
                 ),
                 None,
@@ -253,13 +256,92 @@ fn bgw_run(
                 ],
             )?
             .first()
-            .get_one::<i64>()
+            .get_two::<i64, i64>()?;
+        if let Some(id) = id
+            && every.is_none()
+            && at.is_none()
+        {
+            let run = job_slots::Run {
+                home,
+                job: id,
+                run: 1,
+                database: target.to_u32(),
+                role: role.to_u32(),
+                stamp: pg::connect_stamp(role, target),
+                timeout_ms: timeout_ms.unwrap_or(0).clamp(0, i32::MAX.into()) as i32,
+                atomic,
+                gexec,
+                sql,
+            };
+            start_on_warm_worker(client, t, &run)?;
+        }
+        Ok(id)
     });
     let id = id
         .unwrap_or_else(|e| error!("cannot create the job: {e}"))
         .unwrap_or_else(|| error!("cannot create the job: no id returned"));
     wake_scheduler_at_commit();
     id
+}
+
+/// The fast path of a one-shot job due now: an idle warm worker for its
+/// database and role takes its first run, which starts as soon as this
+/// transaction commits, without waiting for the scheduler. The run is
+/// recorded as started in this transaction, so that a crash after the
+/// commit finds it unfinished (and marks it failed), as for any run; the
+/// scheduler records its outcome. The worker is given back if this
+/// transaction, or the savepoint the run was created under, rolls back,
+/// whatever fails. Not on a server that may prepare transactions
+/// (`PREPARE TRANSACTION` fires no commit callback), nor while a database
+/// waits for a job slot (its runs go first).
+fn start_on_warm_worker(
+    client: &mut pgrx::spi::SpiClient<'_>,
+    t: &store::Tables,
+    run: &job_slots::Run<'_>,
+) -> store::SpiResult<()> {
+    if settings::JOB_WORKER_IDLE_MS.get() <= 0
+        || pg::setting(c"max_prepared_transactions").as_deref() != Some("0")
+    {
+        return Ok(());
+    }
+    // The job's row, inserted above, belongs to this (sub)transaction: at
+    // commit, its id tells whether the rows written here were kept.
+    let xid = pg::current_xid();
+    let Some(slot) = job_slots::claim_warm(run) else {
+        return Ok(());
+    };
+    let id = job_slots::RunId {
+        home: run.home,
+        job: run.job,
+        run: run.run,
+    };
+    // Both registered before anything below can fail.
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
+        job_slots::unclaim(slot, id);
+    });
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+        if pg::did_commit(xid) {
+            job_slots::launch_claimed(slot, id);
+        } else {
+            job_slots::unclaim(slot, id);
+        }
+    });
+    crate::faults::after_reserve(run.job);
+    client.update(
+        &format!(
+            "WITH job AS (UPDATE {defs} SET runs = 1, next_run_at = NULL \
+                           WHERE id = $1 AND runs = 0 \
+                           RETURNING id, now() AS due) \
+             INSERT INTO {runs} (job, run, attempt, due_at, expires_at, started_at, status) \
+             SELECT id, 1, 1, due, due + $2 * interval '1 millisecond', clock_timestamp(), 'running' \
+               FROM job",
+            defs = t.defs,
+            runs = t.runs
+        ),
+        None,
+        &[run.job.into(), settings::QUEUE_TIMEOUT_MS.get().into()],
+    )?;
+    Ok(())
 }
 
 /// A job's statement: given, and not longer than a job slot holds.
@@ -400,6 +482,34 @@ fn outcome(job: i64, run: i32) -> Option<pgrx::JsonB> {
     .unwrap_or_else(|e| error!("cannot read the runs of job {job}: {e}"))
 }
 
+/// The outcome of a run as its worker left it in `slot`, before the
+/// scheduler records it: the same values, `finished_at` included.
+fn outcome_left(slot: &job_slots::Slot) -> Option<pgrx::JsonB> {
+    let outcome = slot.outcome();
+    store::with_installed_tables(|client, t| {
+        client
+            .update(
+                &format!(
+                    "SELECT jsonb_build_object('job', job, 'run', run, 'status', $3::text, \
+                            'started_at', started_at, \
+                            'finished_at', coalesce({finished}, clock_timestamp()), \
+                            'pid', nullif($8::int4, 0), 'rows', $4::int8, 'sqlstate', $5::text, \
+                            'error', $6::text, 'detail', $9::text, 'hint', $10::text, \
+                            'error_position', nullif($12::int4, 0), \
+                            'error_statement', $13::text, 'statements', $11::jsonb, \
+                            'result', $7::jsonb) \
+                       FROM {runs} WHERE job = $1 AND run = $2 AND finished_at IS NULL",
+                    runs = t.runs,
+                    finished = store::FINISHED_AT,
+                ),
+                None,
+                &store::outcome_args(slot, &outcome),
+            )
+            .and_then(first_value::<pgrx::JsonB>)
+    })
+    .unwrap_or_else(|e| error!("cannot read the runs of job {}: {e}", slot.job))
+}
+
 #[pg_extern(sql = r#"
 CREATE FUNCTION bgw_result("job" int8, "timeout" interval DEFAULT NULL) RETURNS jsonb
 VOLATILE PARALLEL UNSAFE
@@ -443,7 +553,19 @@ fn bgw_result(job: Option<i64>, timeout: Option<Interval>) -> Option<pgrx::JsonB
         (None, _) if row.runs > 0 => row.runs,
         (None, _) => return None, // cancelled before its first run
     };
+    let home = pg::current_database().to_u32();
     job_slots::wait_recorded(timeout, || {
+        // Shared memory first: a run in progress needs no look at the
+        // tables, and one just finished is returned before it is recorded.
+        match job_slots::find(home, job, target) {
+            Some(slot) if slot.state == job_slots::SlotState::Done => {
+                if let Some(found) = outcome_left(&slot) {
+                    return Some(Some(found));
+                }
+            }
+            Some(_) => return None,
+            None => {}
+        }
         if let Some(found) = outcome(job, target) {
             return Some(Some(found));
         }

@@ -368,6 +368,12 @@ pub fn commit_transaction() {
     }
 }
 
+/// Shows this backend idle in `pg_stat_activity`, with `what` as its query.
+pub fn report_idle(what: &'static std::ffi::CStr) {
+    // SAFETY: `what` is 'static; pgstat copies it into shared memory.
+    unsafe { pg_sys::pgstat_report_activity(pg_sys::BackendState::STATE_IDLE, what.as_ptr()) }
+}
+
 /// Ends the implicit block of a script of several statements (before its
 /// commit).
 pub fn end_implicit_block() {

@@ -111,6 +111,21 @@ pub fn is_current_transaction(xid: u32) -> bool {
     unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xid.into()) }
 }
 
+/// The current (sub)transaction's id, assigned now if it has none.
+pub fn current_xid() -> u32 {
+    // SAFETY: inside a transaction (a function call); assigning an id is
+    // what any write does.
+    unsafe { pg_sys::GetCurrentTransactionId().into_inner() }
+}
+
+/// Did transaction `xid` commit? For a subtransaction's id, after its top
+/// transaction committed: false if the subtransaction was rolled back.
+pub fn did_commit(xid: u32) -> bool {
+    // SAFETY: a commit-log look-up of a recent id, valid outside any
+    // transaction.
+    unsafe { pg_sys::TransactionIdDidCommit(xid.into()) }
+}
+
 /// Runs `body` in a subtransaction, as a PL/pgSQL block with an EXCEPTION
 /// clause does: on ERROR the subtransaction is rolled back and the error
 /// comes back as a value; the enclosing transaction (and an SPI connection

@@ -9,13 +9,14 @@
 //! per database. Free slots go to the databases fairly (see [`reserve`]).
 //!
 //! Waiters in `bgw_result()` sleep on one condition variable, broadcast each
-//! time a scheduler has committed outcomes.
+//! time a run leaves its outcome and each time a scheduler has committed
+//! outcomes.
 //!
 //! Warm workers: after a run that succeeded, its worker may stay, idle and
 //! connected, for `bgworker_rs.job_worker_idle_time`, in a free slot that it
 //! takes (`Warm`). A later run of the same database's jobs, for the same
-//! target database and role, is handed to it by the scheduler ([`reserve`])
-//! without a new process, as long as neither the role nor the database has
+//! target database and role, is handed to it by the scheduler ([`reserve`]),
+//! or by `bgw_run` at its commit ([`claim_warm`]), without a new process, as long as neither the role nor the database has
 //! changed since the worker connected (`stamp`). A warm worker holds a job
 //! slot and a worker slot, and gives both way to a run that needs them.
 
@@ -50,6 +51,9 @@ pub enum SlotState {
     /// An idle worker, connected to `database` as `role`, waiting for a run
     /// of `home`'s jobs; `pid`, `handle` and the registry entry are its own.
     Warm,
+    /// Handed to a warm worker by a transaction that created a job
+    /// (`bgw_run`): the run starts when that transaction commits.
+    Pending,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -83,6 +87,11 @@ pub struct Slot {
     pub has_handle: bool,
     /// Handed to a warm worker: no worker is registered for it.
     pub warm: bool,
+    /// That warm worker exited while the run was being handed to it.
+    pub gone: bool,
+    /// Its worker (run succeeded) waits in it to be warm once the outcome
+    /// is recorded: the slot then turns `Warm` instead of free.
+    pub stay: bool,
     pub status: Status,
     /// The database that keeps the job, whose scheduler owns this slot.
     pub home: u32,
@@ -111,6 +120,9 @@ pub struct Slot {
     pub registry_epoch: u64,
     pub handle: RawHandle,
     pub rows: i64,
+    /// When the worker left the outcome, in microseconds since 1970 (0:
+    /// unknown; the scheduler records its own time then).
+    pub finished_at: i64,
     pub sqlerrcode: i32,
     pub error_len: u16,
     pub result_len: u32,
@@ -137,6 +149,8 @@ impl Default for Slot {
             cancel_requested: false,
             has_handle: false,
             warm: false,
+            gone: false,
+            stay: false,
             status: Status::Succeeded,
             home: 0,
             job: 0,
@@ -154,6 +168,7 @@ impl Default for Slot {
             registry_epoch: 0,
             handle: RawHandle::default(),
             rows: 0,
+            finished_at: 0,
             sqlerrcode: 0,
             error_len: 0,
             result_len: 0,
@@ -209,6 +224,20 @@ impl Slot {
             let text = &self.statement[..self.statement_len as usize];
             (self.position, String::from_utf8_lossy(text).into_owned())
         })
+    }
+
+    /// The outcome its worker left, once `Done`.
+    pub fn outcome(&self) -> Outcome {
+        Outcome {
+            status: self.status,
+            rows: self.rows,
+            error: self.error(),
+            result: self.result(),
+            statements: self.statements(),
+            statement: self
+                .statement()
+                .filter(|_| self.status != Status::Succeeded),
+        }
     }
 
     /// An idle worker that may take `run`: same database's jobs, same
@@ -446,6 +475,93 @@ pub fn launch_warm(i: usize, id: RunId) {
     }
 }
 
+/// `bgw_run`'s fast path: takes an idle warm worker for `run`, to start
+/// when the creating transaction commits ([`launch_claimed`]) or to give
+/// back if it does not ([`unclaim`]). Never while a database waits for a
+/// slot: its runs go first.
+pub fn claim_warm(run: &Run<'_>) -> Option<usize> {
+    if !is_available() || run.sql.len() > SQL_MAX {
+        return None;
+    }
+    if someone_waits() {
+        return None;
+    }
+    SLOTS.write(|slots| {
+        let i = slots.iter().position(|s| s.is_warm_for(run))?;
+        slots[i].hand_to_warm(run);
+        slots[i].state = SlotState::Pending;
+        Some(i)
+    })
+}
+
+/// The transaction that took a warm worker for run `id` committed it:
+/// the worker starts it. (If the worker exited meanwhile, the run is over
+/// without an outcome, and its scheduler records it so.)
+pub fn launch_claimed(i: usize, id: RunId) {
+    let pid = SLOTS.write(|slots| {
+        let s = slots
+            .get_mut(i)
+            .filter(|s| s.run_id() == id && s.state == SlotState::Pending)?;
+        s.state = SlotState::Launched;
+        (!s.gone).then_some(s.pid)
+    });
+    if let Some(pid) = pid {
+        pg::wake_backend(pid);
+    }
+}
+
+/// The transaction (or savepoint) that took a warm worker for run `id`
+/// rolled back: the worker is idle again, or the slot free if it exited.
+pub fn unclaim(i: usize, id: RunId) {
+    let freed = SLOTS.write(|slots| {
+        let s = slots
+            .get_mut(i)
+            .filter(|s| s.run_id() == id && s.state == SlotState::Pending)?;
+        let home = s.home;
+        if s.gone {
+            *s = Slot::default();
+            return Some(home);
+        }
+        let worker = *s;
+        s.make_warm(&worker);
+        pg::wake_backend(worker.pid);
+        None
+    });
+    if let Some(home) = freed {
+        schedulers::wake_waiting(home);
+    }
+}
+
+/// A warm worker exits: the slot it idles in is free again; one it was
+/// being handed a run in notes that it is gone. Returns whether it freed
+/// a slot.
+pub fn exit_warm(i: usize) -> bool {
+    let me = pg::my_pid();
+    let home = SLOTS.write(|slots| {
+        let s = slots.get_mut(i).filter(|s| s.pid == me)?;
+        match s.state {
+            SlotState::Warm => {
+                let home = s.home;
+                *s = Slot::default();
+                Some(home)
+            }
+            SlotState::Pending | SlotState::Reserved if s.warm => {
+                s.gone = true;
+                None
+            }
+            SlotState::Done => {
+                s.stay = false; // freed, not made warm, once recorded
+                None
+            }
+            _ => None,
+        }
+    });
+    if let Some(home) = home {
+        schedulers::wake_waiting(home);
+    }
+    home.is_some()
+}
+
 /// What `set_launched` found in the slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Launched {
@@ -502,32 +618,32 @@ pub fn wait_for_handle(i: usize, id: RunId, wait: std::time::Duration) -> bool {
     .is_some()
 }
 
-/// Whether a worker whose run succeeded could take a slot to idle in.
-pub enum Settle {
-    Warm(usize),
-    /// No slot is free yet: the one its outcome is in frees up once the
-    /// scheduler has recorded it.
-    Later,
-    /// A database waits for a slot: the worker gives way.
-    Never,
-}
-
-/// A run worker whose run succeeded (`done`: a copy of its slot, with the
-/// outcome) offers itself: it takes a free slot, `Warm`. Never while a
-/// database waits for a slot: its runs need that slot more.
-pub fn go_warm(done: &Slot) -> Settle {
+/// A run worker whose run in slot `i` succeeded (`done`: a copy of the
+/// slot, with the outcome) offers itself: it takes a free slot, `Warm`,
+/// at once; or, with none free, stays in slot `i`, which turns `Warm`
+/// when the scheduler has recorded the outcome ([`free`]). Returns the
+/// slot it waits in; `None` (it exits) while a database waits for a slot:
+/// its runs need that slot more.
+pub fn go_warm(i: usize, done: &Slot) -> Option<usize> {
     let me = pg::my_pid();
-    let waits = schedulers::waiting().iter().any(|(_, since)| *since != 0);
-    if !done.has_handle || done.pid != me || waits {
-        return Settle::Never;
+    if !done.has_handle || done.pid != me || someone_waits() {
+        return None;
     }
     SLOTS.write(|slots| {
-        let Some(i) = slots.iter().position(|s| s.state == SlotState::Free) else {
-            return Settle::Later;
-        };
-        slots[i].make_warm(done);
-        Settle::Warm(i)
+        if let Some(j) = slots.iter().position(|s| s.state == SlotState::Free) {
+            slots[j].make_warm(done);
+            return Some(j);
+        }
+        let s = slots
+            .get_mut(i)
+            .filter(|s| s.run_id() == done.run_id() && s.state == SlotState::Done)?;
+        s.stay = true;
+        Some(i)
     })
+}
+
+fn someone_waits() -> bool {
+    schedulers::waiting().iter().any(|(_, since)| *since != 0)
 }
 
 /// What a warm worker in slot `i` finds there.
@@ -545,7 +661,11 @@ pub fn warm_next(i: usize) -> WarmNext {
     SLOTS.read(|slots| match slots.get(i) {
         Some(s) if s.pid != me => WarmNext::Gone,
         Some(s) if s.state == SlotState::Warm => WarmNext::Wait { handed: false },
-        Some(s) if s.warm && s.state == SlotState::Reserved => WarmNext::Wait { handed: true },
+        // Its outcome is not recorded yet: never time out meanwhile.
+        Some(s) if s.state == SlotState::Done && s.stay => WarmNext::Wait { handed: true },
+        Some(s) if s.warm && matches!(s.state, SlotState::Reserved | SlotState::Pending) => {
+            WarmNext::Wait { handed: true }
+        }
         Some(s) if s.warm && s.state == SlotState::Launched => WarmNext::Run(Box::new(*s)),
         _ => WarmNext::Gone,
     })
@@ -629,6 +749,7 @@ pub fn finish(i: usize, id: RunId, outcome: &Outcome) {
             return;
         }
         s.state = SlotState::Done;
+        s.finished_at = pg::now_unix_micros();
         s.status = outcome.status;
         s.rows = outcome.rows;
         if let Some(e) = &outcome.error {
@@ -648,6 +769,8 @@ pub fn finish(i: usize, id: RunId, outcome: &Outcome) {
             s.statement_len = copy_cut(text, &mut s.statement) as u16;
         }
     });
+    // bgw_result() returns it before the scheduler records it.
+    RECORDED.broadcast();
 }
 
 /// A run worker notes its progress: the statements finished so far (JSON)
@@ -669,9 +792,25 @@ pub fn report_progress(i: usize, id: RunId, statements: &str, position: i32, tex
 
 /// Frees slot `i` if it still holds run `id`, and wakes the schedulers
 /// waiting for one.
+///
+/// A slot whose worker waits in it to stay turns `Warm` instead, unless a
+/// database waits for a slot (the worker then exits).
 pub fn free(i: usize, id: RunId) {
-    free_quietly(i, id);
-    schedulers::wake_waiting(id.home);
+    let waits = someone_waits();
+    let warm = SLOTS.write(|slots| {
+        let s = slots.get_mut(i).filter(|s| s.run_id() == id)?;
+        if s.stay && s.state == SlotState::Done && !waits {
+            let worker = *s;
+            s.make_warm(&worker);
+            return Some(worker.pid);
+        }
+        *s = Slot::default();
+        None
+    });
+    match warm {
+        Some(pid) => pg::wake_backend(pid),
+        None => schedulers::wake_waiting(id.home),
+    }
 }
 
 /// Frees slot `i`, whose worker could not be registered (no background
@@ -704,10 +843,14 @@ pub fn free_unlaunched(home: u32) -> usize {
             .iter_mut()
             .filter(|s| s.state == SlotState::Reserved && s.home == home && s.reserved_by == me)
             .filter_map(|s| {
-                if s.warm {
+                if s.warm && !s.gone {
                     // Its worker idles again; its registry entry is its own.
                     let worker = *s;
                     s.make_warm(&worker);
+                    return None;
+                }
+                if s.warm {
+                    *s = Slot::default(); // its worker exited
                     return None;
                 }
                 let ticket = s.registry_ticket();
@@ -791,6 +934,21 @@ pub fn get_done(slot: &Slot) -> Option<Slot> {
     })
 }
 
+/// Run `run` of job `job` (kept in `home`) as its slot holds it, until
+/// the scheduler has recorded it.
+pub fn find(home: u32, job: i64, run: i32) -> Option<Slot> {
+    if !is_available() {
+        return None;
+    }
+    let id = RunId { home, job, run };
+    SLOTS.read(|slots| {
+        slots
+            .iter()
+            .find(|s| s.is_busy() && s.run_id() == id)
+            .copied()
+    })
+}
+
 /// The slots in use by `home`'s runs, with their positions.
 pub fn busy(home: u32) -> Vec<(usize, Slot)> {
     SLOTS.read(|slots| {
@@ -842,7 +1000,10 @@ pub fn request_cancel(home: u32, job: i64) -> Option<Option<RawHandle>> {
         let s = slots.iter_mut().find(|s| {
             s.home == home
                 && s.job == job
-                && matches!(s.state, SlotState::Reserved | SlotState::Launched)
+                && matches!(
+                    s.state,
+                    SlotState::Reserved | SlotState::Pending | SlotState::Launched
+                )
         })?;
         s.cancel_requested = true;
         Some(s.has_handle.then_some(s.handle))

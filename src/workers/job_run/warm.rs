@@ -10,7 +10,7 @@
 use super::rows::Rows;
 use crate::pg::{self, Script};
 use crate::settings;
-use crate::shmem::job_slots::{self, RunId, Settle, Slot, WarmNext};
+use crate::shmem::job_slots::{self, RunId, Slot, WarmNext};
 use crate::shmem::{registry, schedulers};
 use crate::store;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -36,7 +36,7 @@ pub fn connected(role: u32, database: u32) {
     pg::on_exit(|_code| {
         let slot = WARM_SLOT.load(Ordering::Relaxed);
         if slot != usize::MAX {
-            job_slots::leave_warm(slot);
+            job_slots::exit_warm(slot);
         }
         let home = HOME.load(Ordering::Relaxed);
         if home != 0 {
@@ -45,6 +45,9 @@ pub fn connected(role: u32, database: u32) {
     });
 }
 
+/// What `pg_stat_activity.query` shows for an idle warm worker.
+const WARM_ACTIVITY: &std::ffi::CStr = c"bgworker_rs: warm, waiting for a run";
+
 fn idle_time() -> Duration {
     Duration::from_millis(settings::JOB_WORKER_IDLE_MS.get().max(0) as u64)
 }
@@ -52,10 +55,6 @@ fn idle_time() -> Duration {
 /// How long a worker that finished before its scheduler noted its handle
 /// waits for it, to stay warm (others make it give way with the handle).
 const HANDLE_WAIT: Duration = Duration::from_secs(5);
-
-/// How long a worker that finds no free slot to idle in waits for the one
-/// its outcome is in to be recorded and freed.
-const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 /// May the worker of run `job` (in slot `slot`) stay after it? Not when
 /// warm workers are off, or the run was cancelled; nor when its role or
@@ -82,19 +81,14 @@ pub fn may_stay(slot: usize, job: &Slot) -> bool {
     known
 }
 
-/// After its outcome is left in slot `slot` (run `id`): takes a slot to
-/// idle in, or `None` (the worker exits).
+/// After its outcome is left in slot `slot` (run `id`): the slot to idle
+/// in, or `None` (the worker exits).
 pub fn settle(slot: usize, id: RunId) -> Option<usize> {
     let done = job_slots::get(slot).filter(|s| s.run_id() == id)?;
-    let warm = pg::wait_for(Some(SETTLE_WAIT), || match job_slots::go_warm(&done) {
-        Settle::Warm(i) => Some(Some(i)),
-        Settle::Never => Some(None),
-        Settle::Later => None,
-    })
-    .flatten();
+    let warm = job_slots::go_warm(slot, &done);
     if warm.is_none() {
         pgrx::debug1!(
-            "{}: no job slot to stay warm in, or a database waits for one; exiting",
+            "{}: a database waits for a job slot; not staying",
             pg::worker_name()
         );
     }
@@ -116,12 +110,19 @@ pub fn wait(slot: usize, home: u32) -> Option<(usize, Slot)> {
 
 fn wait_in(slot: usize) -> Option<Slot> {
     let mut since = Instant::now();
+    let mut shown = false;
     loop {
         match job_slots::warm_next(slot) {
             WarmNext::Run(job) => return Some(*job),
             WarmNext::Gone => return None,
-            // Its start has not committed yet: never time out meanwhile.
+            // Its start (or its last outcome) is not committed yet: never
+            // time out meanwhile.
             WarmNext::Wait { handed: true } => since = Instant::now(),
+            WarmNext::Wait { handed: false } if !shown => {
+                // pg_stat_activity shows it idle, with this as its query.
+                pg::report_idle(WARM_ACTIVITY);
+                shown = true;
+            }
             WarmNext::Wait { handed: false } => {}
         }
         let left = idle_time().saturating_sub(since.elapsed());

@@ -103,16 +103,7 @@ pub(super) fn error(code: PgSqlErrorCode, message: impl Into<String>) -> Capture
 /// The outcome of a slot's run, if it is over.
 fn finished(slot: &Slot, first: bool) -> Option<Outcome> {
     match slot.state {
-        SlotState::Done => Some(Outcome {
-            status: slot.status,
-            rows: slot.rows,
-            error: slot.error(),
-            result: slot.result(),
-            statements: slot.statements(),
-            statement: slot
-                .statement()
-                .filter(|_| slot.status != Status::Succeeded),
-        }),
+        SlotState::Done => Some(slot.outcome()),
         SlotState::Launched => match pg::worker_status(slot.handle) {
             // Read the slot again: the worker may have finished meanwhile.
             WorkerStatus::Stopped => Some(match job_slots::get_done(slot) {
@@ -190,29 +181,17 @@ fn ended_without_outcome(slot: &Slot) -> Outcome {
 fn record(client: &mut SpiClient<'_>, t: &Tables, slot: &Slot, o: &Outcome) -> SpiResult<()> {
     client.update_kept(
         &format!(
-            "UPDATE {runs} SET finished_at = clock_timestamp(), status = $3, rows = $4, \
+            "UPDATE {runs} SET finished_at = coalesce({finished}, clock_timestamp()), \
+                    status = $3, rows = $4, \
                     sqlstate = $5, error = $6, result = $7::jsonb, pid = nullif($8, 0), \
                     detail = $9, hint = $10, statements = $11::jsonb, \
                     error_position = nullif($12, 0), error_statement = $13 \
               WHERE job = $1 AND run = $2 AND finished_at IS NULL",
             runs = t.runs,
+            finished = crate::store::FINISHED_AT,
         ),
         None,
-        &[
-            slot.job.into(),
-            slot.run.into(),
-            o.status.as_str().into(),
-            o.rows.into(),
-            o.error.as_ref().map(|e| e.sqlstate()).into(),
-            o.error.as_ref().map(|e| e.message.clone()).into(),
-            o.result.clone().into(),
-            slot.pid.into(),
-            o.error.as_ref().and_then(|e| e.detail.clone()).into(),
-            o.error.as_ref().and_then(|e| e.hint.clone()).into(),
-            o.statements.clone().into(),
-            o.statement.as_ref().map(|s| s.0).into(),
-            o.statement.as_ref().map(|s| s.1.clone()).into(),
-        ],
+        &crate::store::outcome_args(slot, o),
     )?;
     Ok(())
 }
