@@ -225,7 +225,17 @@ fn result_within(c: &mut impl GenericClient, job: i64, timeout: &str) -> Option<
 
 /// bgw_result(job, '30s') as JSON; panics on NULL.
 fn result(c: &mut impl GenericClient, job: i64) -> Value {
-    result_within(c, job, "30s").unwrap_or_else(|| panic!("bgw_result({job}) is NULL"))
+    result_within(c, job, "30s").unwrap_or_else(|| {
+        let rows: Vec<String> = c
+            .query(
+                "SELECT to_jsonb(j)::text FROM bgw_job_defs j WHERE id OPERATOR(pg_catalog.=) $1 \
+                 UNION ALL SELECT to_jsonb(r)::text FROM bgw_job_runs r WHERE job OPERATOR(pg_catalog.=) $1",
+                &[&job],
+            )
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        panic!("bgw_result({job}) is NULL: {rows:?}")
+    })
 }
 
 /// (status, sqlstate) of an outcome.
@@ -1246,7 +1256,9 @@ fn assert_terminate_refused(att: &mut Client, pid: i32, what: &str) {
 /// or the superuser's run either.
 #[test]
 fn bgw_terminate_never_stops_a_process_that_is_not_its_running_worker() {
-    let (cluster, mut c) = start_cluster(&[]);
+    // The worker of a finished run must be gone, not warm for the next run
+    // (a warm worker is a running worker of ours, see tests/warm.rs).
+    let (cluster, mut c) = start_cluster(&["bgworker_rs.job_worker_idle_time = 0"]);
     let mut att = attacker(&cluster);
     let mut bystander = cluster.connect();
     let bystander_pid: i32 = bystander

@@ -408,7 +408,22 @@ pub(super) struct JobRow {
     running: Option<i32>,
 }
 
+/// How long a look at a job waits for the outcomes its runs left to be
+/// recorded (the scheduler's next wake, or its restart).
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(super) fn job_row(job: i64) -> JobRow {
+    // `bgw_result` returns an outcome as soon as the worker leaves it; the
+    // scheduler records it moments later. Whoever reads or changes the job
+    // then (bgw_cancel of a job just finished, say) waits for that, a
+    // little at most, to see the job as the outcome left it.
+    job_slots::await_recorded(pg::current_database().to_u32(), job, RECORD_WAIT);
+    job_row_now(job)
+}
+
+/// [`job_row`] as the tables show it now, without waiting (inside a wait
+/// on the same condition variable).
+fn job_row_now(job: i64) -> JobRow {
     let row = store::with_installed_tables(|client, t| {
         let table = client.update(
             &format!(
@@ -530,7 +545,10 @@ fn bgw_result(job: Option<i64>, timeout: Option<Interval>) -> Option<pgrx::JsonB
         .hint("Call it in a READ COMMITTED transaction.")
         .raise();
     }
-    let row = job_row(job);
+    // Not job_row: a run's outcome left in its slot is what we return;
+    // waiting for it to be recorded first could find its job not yet
+    // finished, and wait for a run that never comes.
+    let row = job_row_now(job);
     // A job this transaction created or changed: the scheduler cannot see
     // it (or is kept from recording its run) until we commit, so waiting
     // here would wait forever.
@@ -570,7 +588,7 @@ fn bgw_result(job: Option<i64>, timeout: Option<Interval>) -> Option<pgrx::JsonB
             return Some(Some(found));
         }
         // No run `target` will come once the job is over.
-        let now = job_row(job);
+        let now = job_row_now(job);
         (now.state != "scheduled" && now.runs < target && now.running.is_none()).then_some(None)
     })
     .flatten()

@@ -949,6 +949,24 @@ pub fn find(home: u32, job: i64, run: i32) -> Option<Slot> {
     })
 }
 
+/// Waits, up to `timeout`, until no run of job `job` (kept in `home`) has
+/// an outcome left in its slot that the scheduler has not recorded yet.
+pub fn await_recorded(home: u32, job: i64, timeout: std::time::Duration) {
+    if !is_available() {
+        return;
+    }
+    let unrecorded = || {
+        SLOTS.read(|slots| {
+            slots
+                .iter()
+                .any(|s| s.home == home && s.job == job && s.state == SlotState::Done)
+        })
+    };
+    if unrecorded() {
+        let _ = wait_recorded(Some(timeout), || (!unrecorded()).then_some(()));
+    }
+}
+
 /// The slots in use by `home`'s runs, with their positions.
 pub fn busy(home: u32) -> Vec<(usize, Slot)> {
     SLOTS.read(|slots| {
