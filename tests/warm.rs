@@ -21,6 +21,7 @@ const BASE: &[&str] = &[
     "bgworker_rs.total_workers = 0",
     "bgworker_rs.max_jobs = 8",
     "max_parallel_workers_per_gather = 0",
+    "log_min_messages = debug1",
 ];
 
 fn cluster(extra: &[&str]) -> (Cluster, Client) {
@@ -616,4 +617,96 @@ fn a_warm_worker_terminated_while_a_run_is_handed_to_it_is_never_used_again() {
         let r = succeeded(&mut c, "SELECT pg_backend_pid() AS pid");
         assert_ne!(pid_of(&r), warm, "{r}");
     }
+}
+
+/// `bgw_run` hands its run to a warm worker in a transaction that stays
+/// open; the creator loses the right to the role (or the role is demoted
+/// from superuser) before it commits. The warm worker checks again before
+/// it runs: the run fails with 42501 and does nothing.
+#[test]
+fn rights_lost_while_a_handed_run_waits_for_its_commit_are_checked_again() {
+    let (cluster, mut c) = cluster(&["bgworker_rs.job_worker_idle_time = '10min'"]);
+    c.batch_execute(
+        "CREATE ROLE attacker LOGIN NOSUPERUSER;
+         CREATE ROLE r LOGIN NOSUPERUSER;
+         GRANT r TO attacker;
+         CREATE ROLE boss LOGIN SUPERUSER;
+         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO attacker, boss;
+         CREATE TABLE marks (who text);
+         GRANT ALL ON marks TO PUBLIC;",
+    )
+    .unwrap();
+    // (creator, role, what the superuser does while the run waits, payload)
+    let cases = [
+        (
+            "attacker",
+            "r",
+            "REVOKE r FROM attacker",
+            "INSERT INTO marks VALUES ('revoked')",
+        ),
+        (
+            "boss",
+            "boss",
+            "ALTER ROLE boss NOSUPERUSER",
+            "SET SESSION AUTHORIZATION postgres; INSERT INTO marks VALUES ('root')",
+        ),
+    ];
+    for (creator, role, change, payload) in cases {
+        let mut a = cluster.connect_as(creator, "postgres");
+        let id = job(
+            &mut a,
+            &format!("SELECT bgw_run('SELECT pg_backend_pid() AS pid', role => '{role}')"),
+        );
+        let r = outcome(&mut a, id);
+        assert_eq!(status(&r), (Some("succeeded"), None), "{r}");
+        wait_for_warm_workers(&mut c, 1);
+        let mut tx = a.transaction().unwrap();
+        let id: i64 = tx
+            .query_one(
+                &format!("SELECT bgw_run($${payload}$$, role => '{role}', atomic => false)"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        c.batch_execute(change).unwrap();
+        tx.commit().unwrap();
+        let r = outcome(&mut a, id);
+        assert_eq!(
+            status(&r),
+            (Some("failed"), Some("42501")),
+            "after {change}: {r}"
+        );
+        let marks = scalar_i64(&mut c, "SELECT count(*) FROM marks");
+        assert_eq!(marks, 0, "after {change}, the handed run ran");
+        // Its worker is gone; the next run gets a new one.
+        c.batch_execute("SELECT pg_sleep(0)").unwrap();
+    }
+    still_contained(&mut c, "attacker");
+    still_contained(&mut c, "boss");
+}
+
+/// Role settings (`ALTER ROLE ... SET`) are not in the role's row: a warm
+/// worker kept busy by frequent runs still takes them in within the idle
+/// time, as it serves runs only that long after it connected.
+#[test]
+fn role_settings_reach_a_busy_warm_worker_within_the_idle_time() {
+    let (_cluster, mut c) = cluster(&["bgworker_rs.job_worker_idle_time = '2s'"]);
+    let first = succeeded(&mut c, "SELECT pg_backend_pid() AS pid");
+    let warm = pid_of(&first);
+    c.batch_execute("ALTER ROLE postgres SET work_mem = '7MB'")
+        .unwrap();
+    let mut pids = std::collections::HashSet::new();
+    let seen = poll(T, || {
+        let r = succeeded(
+            &mut c,
+            "SELECT pg_backend_pid() AS pid, current_setting('work_mem') AS work_mem",
+        );
+        pids.insert(pid_of(&r));
+        (r["result"][0]["work_mem"] == "7MB").then_some(())
+    });
+    assert!(
+        seen.is_some(),
+        "the role's new setting never reached a run; workers {pids:?}"
+    );
+    assert!(pids.contains(&warm), "the warm worker was never reused");
 }

@@ -267,6 +267,7 @@ fn bgw_run(
                 run: 1,
                 database: target.to_u32(),
                 role: role.to_u32(),
+                created_by: me.to_u32(),
                 stamp: pg::connect_stamp(role, target),
                 timeout_ms: timeout_ms.unwrap_or(0).clamp(0, i32::MAX.into()) as i32,
                 atomic,

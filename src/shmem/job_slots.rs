@@ -102,6 +102,11 @@ pub struct Slot {
     pub reserved_by: i32,
     pub database: u32,
     pub role: u32,
+    /// The role that created the job: its rights to run the job are
+    /// checked again before a warm worker runs it.
+    pub created_by: u32,
+    /// When the run was handed out (`pg::now()`, PostgreSQL's epoch).
+    pub handed_at: i64,
     /// The role's and the database's catalog rows as the worker saw them
     /// when it connected (`pg::connect_stamp`): a warm worker is handed a
     /// run only while they are unchanged.
@@ -159,6 +164,8 @@ impl Default for Slot {
             reserved_by: 0,
             database: 0,
             role: 0,
+            created_by: 0,
+            handed_at: 0,
             stamp: 0,
             timeout_ms: 0,
             atomic: true,
@@ -241,12 +248,14 @@ impl Slot {
     }
 
     /// An idle worker that may take `run`: same database's jobs, same
-    /// target database and role, neither changed since it connected.
+    /// target database, role and creator, neither the role nor the database
+    /// changed since it connected.
     fn is_warm_for(&self, run: &Run<'_>) -> bool {
         self.state == SlotState::Warm
             && self.home == run.home
             && self.database == run.database
             && self.role == run.role
+            && self.created_by == run.created_by
             && self.stamp != 0
             && self.stamp == run.stamp
     }
@@ -262,6 +271,8 @@ impl Slot {
         self.reserved_by = pg::my_pid();
         self.database = run.database;
         self.role = run.role;
+        self.created_by = run.created_by;
+        self.handed_at = pg::now();
         self.stamp = run.stamp;
         self.timeout_ms = run.timeout_ms;
         self.atomic = run.atomic;
@@ -289,6 +300,7 @@ impl Slot {
         self.state = SlotState::Warm;
         (self.home, self.database, self.role, self.stamp) =
             (worker.home, worker.database, worker.role, worker.stamp);
+        self.created_by = worker.created_by;
         (self.pid, self.handle, self.has_handle) = (worker.pid, worker.handle, true);
         (self.registry_slot, self.registry_epoch) = (worker.registry_slot, worker.registry_epoch);
     }
@@ -318,6 +330,7 @@ pub struct Run<'a> {
     pub run: i32,
     pub database: u32,
     pub role: u32,
+    pub created_by: u32,
     /// `pg::connect_stamp` of `role` and `database`, read as it starts.
     pub stamp: u64,
     pub timeout_ms: i32,
@@ -414,14 +427,14 @@ impl Slot {
 }
 
 /// A scheduler takes a slot for a run: an idle warm worker's for the run's
-/// database and role (`true`: that worker runs it), else a free one, else
-/// one an idle worker of another database or role gives way (it is
-/// terminated). `None` when all are busy, or when the slot is another
+/// database and role (`true`: that worker runs it), else a free one, else,
+/// if `evict`, one an idle worker of another database or role gives way
+/// (it is terminated). `None` when all are busy, or when the slot is another
 /// waiting database's turn. Then that database's scheduler (that one only)
 /// is woken: it may have looked (and been refused, the turn being ours)
 /// before we took our share, and nothing else would wake it while the
 /// slot stays free.
-pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<(usize, bool)> {
+pub fn reserve(run: &Run<'_>, registry: Ticket, evict: bool) -> Option<(usize, bool)> {
     if run.sql.len() > SQL_MAX {
         return None; // bgw_run refuses longer statements
     }
@@ -430,7 +443,11 @@ pub fn reserve(run: &Run<'_>, registry: Ticket) -> Option<(usize, bool)> {
     let (taken, evicted) = SLOTS.write(|slots| {
         let warm = slots.iter().position(|s| s.is_warm_for(run));
         let free = || slots.iter().position(|s| s.state == SlotState::Free);
-        let idle = || slots.iter().position(|s| s.state == SlotState::Warm);
+        let idle = || {
+            slots
+                .iter()
+                .position(|s| evict && s.state == SlotState::Warm)
+        };
         let Some(i) = warm.or_else(free).or_else(idle) else {
             return (None, None);
         };
@@ -618,30 +635,6 @@ pub fn wait_for_handle(i: usize, id: RunId, wait: std::time::Duration) -> bool {
     .is_some()
 }
 
-/// A run worker whose run in slot `i` succeeded (`done`: a copy of the
-/// slot, with the outcome) offers itself: it takes a free slot, `Warm`,
-/// at once; or, with none free, stays in slot `i`, which turns `Warm`
-/// when the scheduler has recorded the outcome ([`free`]). Returns the
-/// slot it waits in; `None` (it exits) while a database waits for a slot:
-/// its runs need that slot more.
-pub fn go_warm(i: usize, done: &Slot) -> Option<usize> {
-    let me = pg::my_pid();
-    if !done.has_handle || done.pid != me || someone_waits() {
-        return None;
-    }
-    SLOTS.write(|slots| {
-        if let Some(j) = slots.iter().position(|s| s.state == SlotState::Free) {
-            slots[j].make_warm(done);
-            return Some(j);
-        }
-        let s = slots
-            .get_mut(i)
-            .filter(|s| s.run_id() == done.run_id() && s.state == SlotState::Done)?;
-        s.stay = true;
-        Some(i)
-    })
-}
-
 fn someone_waits() -> bool {
     schedulers::waiting().iter().any(|(_, since)| *since != 0)
 }
@@ -741,12 +734,25 @@ impl Slot {
 
 /// Leaves the outcome of slot `i`, unless one is there already.
 pub fn finish(i: usize, id: RunId, outcome: &Outcome) {
-    SLOTS.write(|slots| {
-        let Some(s) = slots.get_mut(i).filter(|s| s.run_id() == id) else {
-            return;
-        };
+    leave_outcome(i, id, outcome, false);
+}
+
+/// [`finish`], for a worker that stays warm after its run (its session
+/// cleaned): under the same lock it takes a slot to idle in ([`go_warm`]),
+/// so that whoever sees the outcome finds the worker ready. Returns that
+/// slot; `None` if it must exit.
+pub fn finish_and_stay(i: usize, id: RunId, outcome: &Outcome) -> Option<usize> {
+    leave_outcome(i, id, outcome, true)
+}
+
+fn leave_outcome(i: usize, id: RunId, outcome: &Outcome, stay: bool) -> Option<usize> {
+    // Read first, so that the two locks are never held together.
+    let waits = stay && someone_waits();
+    let me = pg::my_pid();
+    let idle = SLOTS.write(|slots| {
+        let s = slots.get_mut(i).filter(|s| s.run_id() == id)?;
         if matches!(s.state, SlotState::Free | SlotState::Done) {
-            return;
+            return None;
         }
         s.state = SlotState::Done;
         s.finished_at = pg::now_unix_micros();
@@ -768,9 +774,22 @@ pub fn finish(i: usize, id: RunId, outcome: &Outcome) {
             s.position = *position;
             s.statement_len = copy_cut(text, &mut s.statement) as u16;
         }
+        // A database waiting for a slot needs it more than we do.
+        if !stay || waits || !s.has_handle || s.pid != me || s.cancel_requested {
+            return None;
+        }
+        let done = *s;
+        if let Some(j) = slots.iter().position(|s| s.state == SlotState::Free) {
+            slots[j].make_warm(&done);
+            return Some(j);
+        }
+        // None free: it waits in this one, warm once recorded ([`free`]).
+        slots[i].stay = true;
+        Some(i)
     });
     // bgw_result() returns it before the scheduler records it.
     RECORDED.broadcast();
+    idle
 }
 
 /// A run worker notes its progress: the statements finished so far (JSON)

@@ -92,6 +92,20 @@ fn run(slot: usize, job: &Slot) -> Option<usize> {
         // terminates this worker; nothing runs meanwhile.
         pg::exit_quietly();
     }
+    if job.warm
+        && let Some(e) = warm::refused(job)
+    {
+        job_slots::finish(
+            slot,
+            id,
+            &Outcome {
+                status: Status::Failed,
+                error: Some(e),
+                ..Outcome::default()
+            },
+        );
+        pg::exit_quietly();
+    }
     let progress = RefCell::new(Progress::default());
     // Before any timer is armed: when the run's fires, at least the timeout
     // has passed since `started`, so a timeout is never taken for a cancel.
@@ -135,15 +149,22 @@ fn run(slot: usize, job: &Slot) -> Option<usize> {
     );
 
     let progress = progress.into_inner();
-    job_slots::finish(slot, id, &succeeded(&progress));
     if !stays {
+        job_slots::finish(slot, id, &succeeded(&progress));
         return None;
     }
+    let idle = job_slots::finish_and_stay(slot, id, &succeeded(&progress));
     // The scheduler records the outcome (and frees its slot, which this
-    // worker may be waiting for): a worker that stays does not exit, so
-    // nothing else would wake it.
+    // worker may wait in): a worker that stays does not exit, so nothing
+    // else would wake it.
     schedulers::ask_for(job.home);
-    warm::settle(slot, id)
+    if idle.is_none() {
+        debug1!(
+            "{}: a database waits for a job slot; not staying",
+            pg::worker_name()
+        );
+    }
+    idle
 }
 
 fn succeeded(progress: &Progress) -> Outcome {

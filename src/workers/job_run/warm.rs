@@ -8,9 +8,10 @@
 //! by another run, or when its session could not be cleaned.
 
 use super::rows::Rows;
-use crate::pg::{self, Script};
+use crate::access;
+use crate::pg::{self, CapturedError, Script};
 use crate::settings;
-use crate::shmem::job_slots::{self, RunId, Slot, WarmNext};
+use crate::shmem::job_slots::{self, Slot, WarmNext};
 use crate::shmem::{registry, schedulers};
 use crate::store;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -20,8 +21,9 @@ use std::time::{Duration, Instant};
 /// whose jobs it runs: for the exit callback.
 static WARM_SLOT: AtomicUsize = AtomicUsize::new(usize::MAX);
 static HOME: AtomicU32 = AtomicU32::new(0);
-/// `pg::connect_stamp` of its role and database as it connected.
+/// `pg::connect_stamp` of its role and database as it connected, and when.
 static CONNECTED: AtomicU64 = AtomicU64::new(0);
+static CONNECTED_AT: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
 /// Notes what its role and database were as this worker connected, and
 /// arranges that at exit, however it comes, the slot it idled in is free
@@ -33,6 +35,7 @@ pub fn connected(role: u32, database: u32) {
     let stamp = pg::connect_stamp(role.into(), database.into());
     pg::commit_transaction();
     CONNECTED.store(stamp, Ordering::Relaxed);
+    let _ = CONNECTED_AT.set(Instant::now());
     pg::on_exit(|_code| {
         let slot = WARM_SLOT.load(Ordering::Relaxed);
         if slot != usize::MAX {
@@ -59,16 +62,38 @@ const HANDLE_WAIT: Duration = Duration::from_secs(5);
 /// May the worker of run `job` (in slot `slot`) stay after it? Not when
 /// warm workers are off, or the run was cancelled; nor when its role or
 /// database changed between the run's start and its connection (the
-/// session may hold what the role had before: superuser, login).
+/// session may hold what the role had before: superuser, login); nor once
+/// it has been connected for the idle time.
 pub fn may_stay(slot: usize, job: &Slot) -> bool {
     HOME.store(job.home, Ordering::Relaxed);
     let id = job.run_id();
     let stamp = CONNECTED.load(Ordering::Relaxed);
-    if idle_time().is_zero()
-        || stamp == 0
-        || stamp != job.stamp
-        || !job_slots::get(slot).is_some_and(|s| s.run_id() == id && !s.cancel_requested)
+    if idle_time().is_zero() {
+        return false;
+    }
+    // Role and database settings (ALTER ROLE ... SET, kept apart from the
+    // role's row) are read as a session connects, and DISCARD ALL goes
+    // back to them: a worker kept busy must still take them in, so it
+    // serves runs for one idle time after it connected, then ends.
+    if CONNECTED_AT
+        .get()
+        .is_none_or(|at| at.elapsed() >= idle_time())
     {
+        pgrx::debug1!(
+            "{}: connected for the idle time; not staying",
+            pg::worker_name()
+        );
+        return false;
+    }
+    if stamp == 0 || stamp != job.stamp {
+        pgrx::debug1!(
+            "{}: its role or database changed as it connected; not staying",
+            pg::worker_name()
+        );
+        return false;
+    }
+    if !job_slots::get(slot).is_some_and(|s| s.run_id() == id && !s.cancel_requested) {
+        pgrx::debug1!("{}: its run was cancelled; not staying", pg::worker_name());
         return false;
     }
     let known = job_slots::wait_for_handle(slot, id, HANDLE_WAIT);
@@ -81,18 +106,37 @@ pub fn may_stay(slot: usize, job: &Slot) -> bool {
     known
 }
 
-/// After its outcome is left in slot `slot` (run `id`): the slot to idle
-/// in, or `None` (the worker exits).
-pub fn settle(slot: usize, id: RunId) -> Option<usize> {
-    let done = job_slots::get(slot).filter(|s| s.run_id() == id)?;
-    let warm = job_slots::go_warm(slot, &done);
-    if warm.is_none() {
-        pgrx::debug1!(
-            "{}: a database waits for a job slot; not staying",
-            pg::worker_name()
+/// Before a run handed to this warm worker: may it still run it here?
+/// Not if its role or database changed since the worker connected (its
+/// session may hold rights the role has lost), nor if the job's creator
+/// may no longer run jobs as that role there, as the scheduler checks for
+/// a new worker. The run was handed over (by the scheduler, or by
+/// `bgw_run` in a transaction that may have stayed open a long time)
+/// before now.
+pub fn refused(job: &Slot) -> Option<CapturedError> {
+    pg::start_transaction();
+    let (role, database) = (job.role.into(), job.database.into());
+    let changed = pg::connect_stamp(role, database) != CONNECTED.load(Ordering::Relaxed);
+    let denied = access::check(job.created_by.into(), database, role, 0).is_err();
+    let refusal = (changed || denied).then(|| {
+        let mut e = CapturedError::new(
+            pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32,
+            format!(
+                "role \"{}\" may no longer run this job as role \"{}\" in database \"{}\", \
+                 or the role or the database changed as the run was handed to its worker",
+                pg::role_name(job.created_by.into()),
+                pg::role_name(role),
+                pg::database_name(database)
+            ),
         );
-    }
-    warm
+        e.hint = Some(
+            "Run the job again: a new worker connects with the role's rights as they are now."
+                .into(),
+        );
+        e
+    });
+    pg::commit_transaction();
+    refusal
 }
 
 /// Waits, warm in slot `slot`, for a run of `home`'s jobs, up to the idle

@@ -436,9 +436,13 @@ fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> 
             marked_lost: false,
             orphans_checked: false,
         };
+        let busy_at = pg::now_unix_micros();
         let busy = job_slots::busy(pg::current_database().to_u32());
         if state.first {
-            match pg::in_subtransaction(|| outcomes::mark_lost(client, t, &busy, &state.requeue)) {
+            let busy_then = (busy.as_slice(), busy_at);
+            match pg::in_subtransaction(|| {
+                outcomes::mark_lost(client, t, busy_then, &state.requeue)
+            }) {
                 Ok(result) => {
                     result?;
                     tick.marked_lost = true;

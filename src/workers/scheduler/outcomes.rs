@@ -64,11 +64,13 @@ fn stored_as_failed(
 /// Runs left unfinished by a crash or a restart: their worker is gone, no
 /// job slot holds them (a crash reinitializes shared memory), and this
 /// scheduler is not about to queue them again (`requeue`: their worker
-/// could not be registered).
+/// could not be registered). Only runs started before `busy` was read
+/// (`busy_at`, microseconds since 1970): one `bgw_run` handed to a warm
+/// worker since was not in it, and is not lost.
 pub(super) fn mark_lost(
     client: &mut SpiClient<'_>,
     t: &Tables,
-    busy: &[(usize, Slot)],
+    (busy, busy_at): (&[(usize, Slot)], i64),
     requeue: &[(i64, i32)],
 ) -> SpiResult<()> {
     let (mut jobs, mut runs): (Vec<i64>, Vec<i32>) =
@@ -83,11 +85,12 @@ pub(super) fn mark_lost(
                         error = 'the run was interrupted: the server crashed or restarted before it finished' \
                   WHERE finished_at IS NULL AND status <> 'queued' \
                     AND (job, run) NOT IN (SELECT * FROM unnest($1::int8[], $2::int4[])) \
+                    AND started_at < timestamptz 'epoch' + $3 * interval '1 microsecond' \
                  RETURNING job",
                 runs = t.runs
             ),
             None,
-            &[jobs.into(), runs.into()],
+            &[jobs.into(), runs.into(), busy_at.into()],
         )?
         .len();
     if lost > 0 {
@@ -144,7 +147,12 @@ fn ended_without_outcome(slot: &Slot) -> Outcome {
     let (status, error) = match entry.and_then(|e| e.last_error()) {
         _ if slot.cancel_requested => (Status::Cancelled, terminated("cancelled by bgw_cancel()")),
         Some(e) if e.sqlstate() == "57014" => {
-            let ran_ms = entry.map_or(0, |e| (pg::now() - e.started_at) / 1000);
+            // A warm worker's process started long before the run.
+            let since = match slot.handed_at {
+                0 => entry.map_or(pg::now(), |e| e.started_at),
+                at => at,
+            };
+            let ran_ms = (pg::now() - since) / 1000;
             if slot.timeout_ms > 0 && ran_ms >= slot.timeout_ms.into() {
                 (Status::TimedOut, e)
             } else {

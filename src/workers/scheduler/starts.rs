@@ -350,11 +350,14 @@ pub(super) fn start_queued(
     }
     let mut full = false;
     let mut started_all = true;
+    // An idle warm worker gives its slot way only if no slot frees up
+    // anyway when this wake commits (the runs it recorded).
+    let evict = tick.recorded.is_empty();
     each_job(client, t, queued, state, "start a run of", |client, id| {
         if full {
             return Ok(()); // waits, in order, for the next wake
         }
-        match start_one(client, t, id)? {
+        match start_one(client, t, id, evict)? {
             Started::Launch(launch) => tick.launches.push(launch),
             Started::NoSlot => {
                 full = true;
@@ -425,7 +428,7 @@ struct Queued {
     cancelled: bool,
 }
 
-fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Started> {
+fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64, evict: bool) -> SpiResult<Started> {
     let row = client.update_kept(
         &format!(
             "SELECT r.run, d.sql, d.database, d.role::oid, d.created_by::oid, \
@@ -468,7 +471,7 @@ fn start_one(client: &mut SpiClient<'_>, t: &Tables, id: i64) -> SpiResult<Start
         return Ok(Started::Failed);
     }
     crate::faults::before_reserve(q.id, q.run);
-    match prepare(&q) {
+    match prepare(&q, evict) {
         Ok(launch) => {
             crate::faults::after_reserve(q.id);
             client.update_kept(
@@ -557,7 +560,7 @@ enum Refused {
 }
 
 /// Checks a queued run and claims its job slot and registry entry.
-fn prepare(q: &Queued) -> Result<Launch, Refused> {
+fn prepare(q: &Queued, evict: bool) -> Result<Launch, Refused> {
     let gone =
         |what: String| Refused::Because(error(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, what));
     let here = pg::current_database();
@@ -602,13 +605,14 @@ fn prepare(q: &Queued) -> Result<Launch, Refused> {
         run: q.run,
         database,
         role,
+        created_by: q.created_by.to_u32(),
         stamp: pg::connect_stamp(q.role, target),
         timeout_ms: q.timeout_ms.clamp(0, i32::MAX.into()) as i32,
         atomic: q.atomic,
         gexec: q.gexec,
         sql: &q.sql,
     };
-    let Some((slot, warm)) = job_slots::reserve(&run, ticket) else {
+    let Some((slot, warm)) = job_slots::reserve(&run, ticket, evict) else {
         registry::release(ticket);
         return Err(Refused::NoSlot);
     };
