@@ -121,7 +121,7 @@ pub fn init(preloading: bool) {
     GucRegistry::define_int_guc(
         c"bgworker_rs.job_worker_idle_time",
         c"How long a job's worker stays, idle and connected, after a run that succeeded.",
-        c"The next run for the same database, target database and role then takes it, without a new process. 0 ends each worker after its run.",
+        c"The next run for the same database, target database, role and creator then takes it, without a new process; a worker serves runs for this long after it connected at most. 0 ends each worker after its run.",
         &JOB_WORKER_IDLE_MS,
         0,
         i32::MAX,
