@@ -639,6 +639,15 @@ fn someone_waits() -> bool {
     schedulers::waiting().iter().any(|(_, since)| *since != 0)
 }
 
+/// Another database than `home` waits for a slot: an idle worker of
+/// `home`'s would keep it from one. (`home`'s own waiting runs take the
+/// worker, or make it give way, at its scheduler's next wake.)
+fn another_waits(home: u32) -> bool {
+    schedulers::waiting()
+        .iter()
+        .any(|(db, since)| *since != 0 && *db != home)
+}
+
 /// What a warm worker in slot `i` finds there.
 pub enum WarmNext {
     /// Still idle; or handed a run whose start is not committed yet.
@@ -747,7 +756,7 @@ pub fn finish_and_stay(i: usize, id: RunId, outcome: &Outcome) -> Option<usize> 
 
 fn leave_outcome(i: usize, id: RunId, outcome: &Outcome, stay: bool) -> Option<usize> {
     // Read first, so that the two locks are never held together.
-    let waits = stay && someone_waits();
+    let waits = stay && another_waits(id.home);
     let me = pg::my_pid();
     let idle = SLOTS.write(|slots| {
         let s = slots.get_mut(i).filter(|s| s.run_id() == id)?;
@@ -774,7 +783,7 @@ fn leave_outcome(i: usize, id: RunId, outcome: &Outcome, stay: bool) -> Option<u
             s.position = *position;
             s.statement_len = copy_cut(text, &mut s.statement) as u16;
         }
-        // A database waiting for a slot needs it more than we do.
+        // Another database waiting for a slot needs it more than we do.
         if !stay || waits || !s.has_handle || s.pid != me || s.cancel_requested {
             return None;
         }
@@ -812,10 +821,10 @@ pub fn report_progress(i: usize, id: RunId, statements: &str, position: i32, tex
 /// Frees slot `i` if it still holds run `id`, and wakes the schedulers
 /// waiting for one.
 ///
-/// A slot whose worker waits in it to stay turns `Warm` instead, unless a
-/// database waits for a slot (the worker then exits).
+/// A slot whose worker waits in it to stay turns `Warm` instead, unless
+/// another database waits for a slot (the worker then exits).
 pub fn free(i: usize, id: RunId) {
-    let waits = someone_waits();
+    let waits = another_waits(id.home);
     let warm = SLOTS.write(|slots| {
         let s = slots.get_mut(i).filter(|s| s.run_id() == id)?;
         if s.stay && s.state == SlotState::Done && !waits {

@@ -160,7 +160,7 @@ fn run(slot: usize, job: &Slot) -> Option<usize> {
     schedulers::ask_for(job.home);
     if idle.is_none() {
         debug1!(
-            "{}: a database waits for a job slot; not staying",
+            "{}: another database waits for a job slot; not staying",
             pg::worker_name()
         );
     }
