@@ -138,7 +138,41 @@ pub fn job_round_trip(cluster: &Cluster, n: usize, svg: Option<&str>) -> Vec<Fig
         });
     }
     set_fsync(&mut c, false);
+    // Without warm workers: each run forks and connects a new worker.
+    set_idle_time(&mut c, "0");
+    let (ours, client) = round_trips(&mut c, n);
+    set_idle_time(&mut c, "10s");
+    figures.push(Figure {
+        name: format!(
+            "the same without warm workers (job_worker_idle_time = 0), p50 / p99 ({n} jobs, fsync off)"
+        ),
+        ours: format!(
+            "{:.2} / {:.2} ms",
+            percentile(&ours, 0.5),
+            percentile(&ours, 0.99)
+        ),
+        baseline: format!(
+            "{:.2} / {:.2} ms (same statement, client connection)",
+            percentile(&client, 0.5),
+            percentile(&client, 0.99)
+        ),
+        ratio: percentile(&ours, 0.5) / percentile(&client, 0.5),
+        goal: "reported".into(),
+        met: None,
+    });
     figures
+}
+
+fn set_idle_time(c: &mut Client, value: &str) {
+    c.batch_execute(&format!(
+        "ALTER SYSTEM SET bgworker_rs.job_worker_idle_time = '{value}'; SELECT pg_reload_conf()"
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while one::<String>(c, "SHOW bgworker_rs.job_worker_idle_time") != value {
+        assert!(Instant::now() < deadline, "job_worker_idle_time never changed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Round-trip latency by percentile, ours and the client's, on a log scale.
