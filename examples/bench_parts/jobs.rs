@@ -170,7 +170,10 @@ fn set_idle_time(c: &mut Client, value: &str) {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while one::<String>(c, "SHOW bgworker_rs.job_worker_idle_time") != value {
-        assert!(Instant::now() < deadline, "job_worker_idle_time never changed");
+        assert!(
+            Instant::now() < deadline,
+            "job_worker_idle_time never changed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
