@@ -164,10 +164,12 @@ pub fn job_round_trip(cluster: &Cluster, n: usize, svg: Option<&str>) -> Vec<Fig
 }
 
 fn set_idle_time(c: &mut Client, value: &str) {
+    // Apart: ALTER SYSTEM cannot run in a transaction block.
     c.batch_execute(&format!(
-        "ALTER SYSTEM SET bgworker_rs.job_worker_idle_time = '{value}'; SELECT pg_reload_conf()"
+        "ALTER SYSTEM SET bgworker_rs.job_worker_idle_time = '{value}'"
     ))
     .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while one::<String>(c, "SHOW bgworker_rs.job_worker_idle_time") != value {
         assert!(
