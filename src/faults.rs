@@ -11,6 +11,8 @@ static BEFORE_RESERVE_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i
 #[cfg(feature = "fault_injection")]
 static BEFORE_LAUNCH_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
 #[cfg(feature = "fault_injection")]
+static BEFORE_MARK_LOST_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
+#[cfg(feature = "fault_injection")]
 static CANCEL_PAUSE_MS: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
 #[cfg(feature = "fault_injection")]
 static ERROR_AFTER_RESERVE_JOB: pgrx::guc::GucSetting<i32> = pgrx::guc::GucSetting::<i32>::new(0);
@@ -37,6 +39,11 @@ pub fn init() {
                 c"bgworker_rs.debug_pause_before_launch_ms",
                 c"Test builds only: a scheduler pauses this long after committing the runs it starts, before it registers their workers.",
                 &BEFORE_LAUNCH_MS,
+            ),
+            (
+                c"bgworker_rs.debug_pause_before_mark_lost_ms",
+                c"Test builds only: a scheduler's first wake pauses this long after reading the job slots in use, before it marks the runs left unfinished as lost.",
+                &BEFORE_MARK_LOST_MS,
             ),
             (
                 c"bgworker_rs.debug_cancel_pause_ms",
@@ -86,6 +93,13 @@ pub fn launcher_registered() {
 pub fn before_reserve(_job: i64, _run: i32) {
     #[cfg(feature = "fault_injection")]
     logged_pause("before reserve", _job, _run, BEFORE_RESERVE_MS.get());
+}
+
+/// A scheduler's first wake has read the job slots in use and is about to
+/// mark the runs left unfinished as lost.
+pub fn before_mark_lost() {
+    #[cfg(feature = "fault_injection")]
+    logged_pause("before mark_lost", 0, 0, BEFORE_MARK_LOST_MS.get());
 }
 
 /// A scheduler has committed job `job`'s run `run` as running and is about

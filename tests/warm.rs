@@ -710,3 +710,37 @@ fn role_settings_reach_a_busy_warm_worker_within_the_idle_time() {
     );
     assert!(pids.contains(&warm), "the warm worker was never reused");
 }
+
+/// A restarted scheduler's first wake marks the runs no job slot holds as
+/// lost. A `bgw_run` that hands its run to a warm worker after that wake
+/// read the slots, and commits before it marks them, is not lost: its run
+/// is recorded as it ended.
+#[test]
+fn a_run_handed_over_while_a_new_scheduler_looks_for_lost_runs_is_not_lost() {
+    let (cluster, mut c) = cluster(&["bgworker_rs.job_worker_idle_time = '10min'"]);
+    c.batch_execute("CREATE ROLE other LOGIN").unwrap();
+    let warm = pid_of(&succeeded(&mut c, "SELECT pg_backend_pid() AS pid"));
+    wait_for_warm_workers(&mut c, 1);
+    // The scheduler leaves once idle a while; the warm worker stays.
+    wait_until("the scheduler to leave", T, || {
+        worker_pids(&mut c, "bgworker_rs job scheduler")
+            .is_empty()
+            .then_some(())
+    });
+    c.batch_execute("ALTER SYSTEM SET bgworker_rs.debug_pause_before_mark_lost_ms = 3000")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    // Another role's job starts a new scheduler, whose first wake pauses
+    // after reading the slots in use.
+    job(&mut c, "SELECT bgw_run('SELECT 1', role => 'other')");
+    cluster.wait_for_log("bgworker_rs test pause before mark_lost", T);
+    // Meanwhile a job of the warm worker's role is handed to it, and runs.
+    let id = job(&mut c, "SELECT bgw_run('SELECT pg_backend_pid() AS pid')");
+    let r = outcome(&mut c, id);
+    assert_eq!(pid_of(&r), warm, "not handed to the warm worker: {r}");
+    let recorded = common::jobs::finished_run(&mut c, id, 1);
+    assert_eq!(recorded["status"], "succeeded", "marked lost: {recorded}");
+    c.batch_execute("ALTER SYSTEM RESET bgworker_rs.debug_pause_before_mark_lost_ms")
+        .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+}

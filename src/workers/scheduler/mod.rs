@@ -439,6 +439,7 @@ fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> 
         let busy_at = pg::now_unix_micros();
         let busy = job_slots::busy(pg::current_database().to_u32());
         if state.first {
+            crate::faults::before_mark_lost();
             let busy_then = (busy.as_slice(), busy_at);
             match pg::in_subtransaction(|| {
                 outcomes::mark_lost(client, t, busy_then, &state.requeue)
