@@ -744,3 +744,39 @@ fn a_run_handed_over_while_a_new_scheduler_looks_for_lost_runs_is_not_lost() {
         .unwrap();
     c.batch_execute("SELECT pg_reload_conf()").unwrap();
 }
+
+/// What `DISCARD ALL` leaves (the `setseed()` state, procedural language
+/// globals, `dblink` connections) stays with runs of one creator: another
+/// role's job, even as the same role, never gets the worker.
+#[test]
+fn a_warm_worker_serves_only_jobs_of_its_creator() {
+    let (cluster, mut c) = cluster(&["bgworker_rs.job_worker_idle_time = '10min'"]);
+    c.batch_execute(
+        "CREATE ROLE r LOGIN;
+         CREATE ROLE a LOGIN IN ROLE r;
+         CREATE ROLE b LOGIN IN ROLE r;
+         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO a, b;",
+    )
+    .unwrap();
+    let mut a = cluster.connect_as("a", "postgres");
+    let mut b = cluster.connect_as("b", "postgres");
+    let run = |client: &mut Client, sql: &str| {
+        let id = job(
+            client,
+            &format!("SELECT bgw_run($${sql}$$, role => 'r', atomic => false)"),
+        );
+        let r = outcome(client, id);
+        assert_eq!(status(&r), (Some("succeeded"), None), "{r}");
+        r
+    };
+    let seeded = pid_of(&run(
+        &mut a,
+        "SELECT setseed(0); SELECT pg_backend_pid() AS pid",
+    ));
+    wait_for_warm_workers(&mut c, 1);
+    let other = pid_of(&run(&mut b, "SELECT pg_backend_pid() AS pid"));
+    assert_ne!(other, seeded, "b's job ran on a's warm worker");
+    let again = pid_of(&run(&mut a, "SELECT pg_backend_pid() AS pid"));
+    assert_eq!(again, seeded, "a's warm worker was not reused");
+    still_contained(&mut c, "a");
+}
