@@ -676,6 +676,16 @@ fn rights_lost_while_a_handed_run_waits_for_its_commit_are_checked_again() {
             (Some("failed"), Some("42501")),
             "after {change}: {r}"
         );
+        let expected = format!(
+            "role \"{creator}\" may no longer run this job as role \"{role}\" in database \"postgres\", \
+             or the role or the database changed as the run was handed to its worker"
+        );
+        assert_eq!(r["error"], expected.as_str(), "{r}");
+        assert_eq!(
+            r["hint"],
+            "Run the job again: a new worker connects with the role's rights as they are now.",
+            "{r}"
+        );
         let marks = scalar_i64(&mut c, "SELECT count(*) FROM marks");
         assert_eq!(marks, 0, "after {change}, the handed run ran");
         // Its worker is gone; the next run gets a new one.
