@@ -3,7 +3,11 @@
 //! this machine is shared and noisy, so absolute times mean little alone.
 //! Run through `scripts/bench`, which builds and installs a release build.
 //!
-//!   cargo run --release --example bench -- [--quick] [--out FILE]
+//!   cargo run --release --example bench -- [--quick] [--out FILE] [--only FIGURES]
+//!
+//! `--only` takes a comma-separated list of figure groups (`launch`, `loop`,
+//! `memory`, `round-trip`, `scale`, `pg_cron`, `scheduler`), to measure a
+//! few while working on them; the table is then incomplete.
 //!
 //! `BGW_PG_CONFIG` selects the PostgreSQL installation (default Debian's 15).
 
@@ -21,7 +25,25 @@ struct Options {
     quick: bool,
     out: Option<String>,
     svg: Option<String>,
+    /// Figure groups to measure (`--only`); empty: all.
+    only: Vec<String>,
 }
+
+impl Options {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+}
+
+const GROUPS: [&str; 7] = [
+    "launch",
+    "loop",
+    "memory",
+    "round-trip",
+    "scale",
+    "pg_cron",
+    "scheduler",
+];
 
 struct Figure {
     name: String,
@@ -412,12 +434,24 @@ fn main() {
         quick: false,
         out: None,
         svg: None,
+        only: Vec::new(),
     };
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
             "--out" => opts.out = args.next(),
             "--svg" => opts.svg = args.next(),
+            "--only" => {
+                opts.only = args
+                    .next()
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(g) = opts.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+                    panic!("unknown figure group {g}; groups: {}", GROUPS.join(", "));
+                }
+            }
             other => panic!("unknown argument {other}"),
         }
     }
@@ -436,27 +470,41 @@ fn main() {
 
     let mut figures = Vec::new();
     let q = opts.quick;
-    figures.push(launch_latency(&cluster, if q { 50 } else { 200 }));
-    figures.push(loop_cost(
-        &cluster,
-        if q { 1 } else { 3 },
-        Duration::from_secs(if q { 3 } else { 10 }),
-    ));
-    figures.push(memory_use(&cluster, if q { 1000 } else { 5000 }));
-    figures.extend(jobs::job_round_trip(
-        &cluster,
-        if q { 20 } else { 200 },
-        opts.svg.as_deref(),
-    ));
-    figures.extend(scale(
-        &cluster,
-        if q { &[10, 50][..] } else { &[10, 50, 100][..] },
-    ));
+    if opts.wants("launch") {
+        figures.push(launch_latency(&cluster, if q { 50 } else { 200 }));
+    }
+    if opts.wants("loop") {
+        figures.push(loop_cost(
+            &cluster,
+            if q { 1 } else { 3 },
+            Duration::from_secs(if q { 3 } else { 10 }),
+        ));
+    }
+    if opts.wants("memory") {
+        figures.push(memory_use(&cluster, if q { 1000 } else { 5000 }));
+    }
+    if opts.wants("round-trip") {
+        figures.extend(jobs::job_round_trip(
+            &cluster,
+            if q { 20 } else { 200 },
+            opts.svg.as_deref(),
+        ));
+    }
+    if opts.wants("scale") {
+        figures.extend(scale(
+            &cluster,
+            if q { &[10, 50][..] } else { &[10, 50, 100][..] },
+        ));
+    }
     drop(c);
     drop(cluster);
     // Clusters of their own: pg_cron preloaded; more job slots.
-    figures.extend(jobs::beside_pg_cron(q));
-    figures.extend(jobs::scheduler_scale(q));
+    if opts.wants("pg_cron") {
+        figures.extend(jobs::beside_pg_cron(q));
+    }
+    if opts.wants("scheduler") {
+        figures.extend(jobs::scheduler_scale(q));
+    }
 
     let mut md = String::new();
     let _ = writeln!(md, "| figure | ours | baseline | ratio | goal | met |");

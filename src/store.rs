@@ -2,7 +2,9 @@
 //! runs SQL on them on its own behalf, for the job functions and the
 //! scheduler alike. Whatever the caller's `search_path`, temporary
 //! relations or the database's contents, that SQL means the same thing:
-//! - `search_path` is pinned to `pg_catalog, pg_temp` for its duration;
+//! - `search_path` is pinned to `pg_catalog, pg_temp` for its duration,
+//!   and sequential scans are off where an index serves
+//!   (`pg::with_pinned_settings`);
 //! - the tables are named through the extension's schema, read from
 //!   `pg_catalog.pg_extension`, never found by name lookup;
 //! - it runs as the extension's owner (who owns the tables), in a
@@ -76,7 +78,7 @@ pub struct Tables {
 pub fn with_tables<R>(
     body: impl FnOnce(&mut SpiClient<'_>, &Tables) -> SpiResult<R>,
 ) -> SpiResult<Found<R>> {
-    pg::with_pinned_search_path(|| {
+    pg::with_pinned_settings(|| {
         Spi::connect_mut(|client| match locate(client)? {
             Found::Installed(t) => {
                 pg::as_user_restricted(t.owner, || body(client, &t)).map(Found::Installed)
@@ -110,8 +112,8 @@ pub fn with_installed_tables<R>(
     }
 }
 
-fn locate(client: &SpiClient<'_>) -> SpiResult<Found<Tables>> {
-    let table = client.select(
+fn locate(client: &mut SpiClient<'_>) -> SpiResult<Found<Tables>> {
+    let table = client.update_kept(
         "SELECT n.nspname::pg_catalog.text, e.extowner, e.extversion \
            FROM pg_catalog.pg_extension e \
            JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace \

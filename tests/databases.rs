@@ -1002,12 +1002,15 @@ fn database_settings_cannot_wedge_a_scheduler() {
         )
         .unwrap();
     drop(alice);
-    // A fresh session (read-only by default now) creates a job: the
-    // scheduler, which must write, runs it anyway, and leaves when idle.
-    let mut alice = cluster.connect_as("alice", "adb");
-    alice
-        .batch_execute("SET default_transaction_read_only = off; SET statement_timeout = 0")
-        .unwrap();
+    // A session of alice's (the database is read-only by default now, with
+    // a 1 ms statement timeout: set aside from the start, as a statement to
+    // set them aside could itself time out) creates a job: the scheduler,
+    // which must write, runs it anyway, and leaves when idle.
+    let mut alice = cluster.connect_with_options(
+        "alice",
+        "adb",
+        "-c default_transaction_read_only=off -c statement_timeout=0",
+    );
     let id = job(&mut alice, "SELECT bgw_run('SELECT 1 AS one')");
     let r = finished_run(&mut alice, id, 1);
     assert!(r["status"].is_string(), "{r}");

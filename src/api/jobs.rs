@@ -11,7 +11,7 @@ use crate::pg::UserError;
 use crate::settings;
 use crate::shmem::job_slots::{self, SQL_MAX};
 use crate::shmem::schedulers;
-use crate::store::{self, first_value};
+use crate::store::{self, Kept, first_value};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::time::Duration;
@@ -232,9 +232,9 @@ fn bgw_run(
     let me = pg::current_user();
 
     let home = pg::current_database().to_u32();
-    let id = store::with_installed_tables(|client, t| {
+    let created = store::with_installed_tables(|client, t| {
         let (id, timeout_ms) = client
-            .update(
+            .update_kept(
                 &format!(
                     "INSERT INTO {} (sql, database, database_name, role, every, timeout, created_by, next_run_at, atomic, gexec) \
                      VALUES ($1, $2, $7, $3::oid::regrole, $4, $5, $6::oid::regrole, coalesce($10, now()), $8, $9) \
@@ -274,14 +274,19 @@ fn bgw_run(
                 gexec,
                 sql,
             };
-            start_on_warm_worker(client, t, &run)?;
+            let handed = start_on_warm_worker(client, t, &run)?;
+            return Ok((Some(id), handed));
         }
-        Ok(id)
+        Ok((id, false))
     });
-    let id = id
-        .unwrap_or_else(|e| error!("cannot create the job: {e}"))
-        .unwrap_or_else(|| error!("cannot create the job: no id returned"));
-    wake_scheduler_at_commit();
+    let (id, handed) = created.unwrap_or_else(|e| error!("cannot create the job: {e}"));
+    let id = id.unwrap_or_else(|| error!("cannot create the job: no id returned"));
+    // A run handed to a warm worker needs no look from the scheduler until
+    // it ends: the worker asks for one then, as does the commit that finds
+    // the worker gone.
+    if !handed {
+        wake_scheduler_at_commit();
+    }
     id
 }
 
@@ -299,17 +304,17 @@ fn start_on_warm_worker(
     client: &mut pgrx::spi::SpiClient<'_>,
     t: &store::Tables,
     run: &job_slots::Run<'_>,
-) -> store::SpiResult<()> {
+) -> store::SpiResult<bool> {
     if settings::JOB_WORKER_IDLE_MS.get() <= 0
         || pg::setting(c"max_prepared_transactions").as_deref() != Some("0")
     {
-        return Ok(());
+        return Ok(false);
     }
     // The job's row, inserted above, belongs to this (sub)transaction: at
     // commit, its id tells whether the rows written here were kept.
     let xid = pg::current_xid();
     let Some(slot) = job_slots::claim_warm(run) else {
-        return Ok(());
+        return Ok(false);
     };
     let id = job_slots::RunId {
         home: run.home,
@@ -328,7 +333,7 @@ fn start_on_warm_worker(
         }
     });
     crate::faults::after_reserve(run.job);
-    client.update(
+    client.update_kept(
         &format!(
             "WITH job AS (UPDATE {defs} SET runs = 1, next_run_at = NULL \
                            WHERE id = $1 AND runs = 0 \
@@ -342,7 +347,7 @@ fn start_on_warm_worker(
         None,
         &[run.job.into(), settings::QUEUE_TIMEOUT_MS.get().into()],
     )?;
-    Ok(())
+    Ok(true)
 }
 
 /// A job's statement: given, and not longer than a job slot holds.
@@ -426,7 +431,7 @@ pub(super) fn job_row(job: i64) -> JobRow {
 /// on the same condition variable).
 fn job_row_now(job: i64) -> JobRow {
     let row = store::with_installed_tables(|client, t| {
-        let table = client.update(
+        let table = client.update_kept(
             &format!(
                 "SELECT state, runs, created_by::oid, role::oid, xmin::text::int8, \
                         (SELECT max(run) FROM {runs} r WHERE r.job = d.id AND r.finished_at IS NULL) \
@@ -479,7 +484,7 @@ fn outcome(job: i64, run: i32) -> Option<pgrx::JsonB> {
         // Not read-only: each call takes a new snapshot, and so sees what
         // the scheduler committed meanwhile.
         client
-            .update(
+            .update_kept(
                 &format!(
                     "SELECT jsonb_build_object('job', job, 'run', run, 'status', status, \
                             'started_at', started_at, 'finished_at', finished_at, 'pid', pid, \
@@ -504,7 +509,7 @@ fn outcome_left(slot: &job_slots::Slot) -> Option<pgrx::JsonB> {
     let outcome = slot.outcome();
     store::with_installed_tables(|client, t| {
         client
-            .update(
+            .update_kept(
                 &format!(
                     "SELECT jsonb_build_object('job', job, 'run', run, 'status', $3::text, \
                             'started_at', started_at, \

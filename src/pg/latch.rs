@@ -6,13 +6,15 @@ use pgrx::pg_sys;
 
 /// Sleeps on the process latch for up to `timeout_ms` (0: just poll), exits
 /// at once if the postmaster dies, then resets the latch. `wait_event` is
-/// what `pg_stat_activity` shows meanwhile.
-pub fn wait_latch(timeout_ms: i64, wait_event: u32) {
+/// what `pg_stat_activity` shows meanwhile. True if the latch was set
+/// (woken), false if the time ran out.
+pub fn wait_latch(timeout_ms: i64, wait_event: u32) -> bool {
     let events = (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32;
     // SAFETY: MyLatch is set for every process attached to shared memory.
     unsafe {
-        pg_sys::WaitLatch(pg_sys::MyLatch, events, timeout_ms as _, wait_event);
+        let rc = pg_sys::WaitLatch(pg_sys::MyLatch, events, timeout_ms as _, wait_event);
         pg_sys::ResetLatch(pg_sys::MyLatch);
+        rc & pg_sys::WL_LATCH_SET as i32 != 0
     }
 }
 

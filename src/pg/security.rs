@@ -11,24 +11,46 @@ use std::ffi::CStr;
 /// catalog), and nothing the caller or the database controls.
 pub const PINNED_SEARCH_PATH: &CStr = c"pg_catalog, pg_temp";
 
-/// Runs `body` with `search_path` pinned to [`PINNED_SEARCH_PATH`], in a GUC
-/// nest level of its own, as a function with `SET search_path` does.
-pub fn with_pinned_search_path<R>(body: impl FnOnce() -> R) -> R {
+/// What the extension's own SQL runs with, whatever the caller set: the
+/// pinned `search_path`; and plans made once, with no sequential scan where
+/// an index serves. Each of those statements looks for a few rows of a
+/// table that only grows (the runs kept for `history_max_age`, the one-shot
+/// jobs of every `bgw_run`) through an index made for it, most of them
+/// partial (the queued runs, the runs not counted yet, the scheduled jobs).
+/// - Without `enable_seqscan = off`, the planner would scan the whole table
+///   instead, at every call, when its statistics are older than the
+///   table's growth (a young table autovacuum has not analyzed yet), or
+///   when its plan was made while the table was small. A statement that no
+///   index serves still scans.
+/// - Without `plan_cache_mode = force_generic_plan`, a statement kept with
+///   its plan (`store::Kept`) would be planned again at each call, its
+///   values in: that was most of a scheduler's work in a wake.
+const PINNED: [(&CStr, &CStr); 3] = [
+    (c"search_path", PINNED_SEARCH_PATH),
+    (c"enable_seqscan", c"off"),
+    (c"plan_cache_mode", c"force_generic_plan"),
+];
+
+/// Runs `body` with the settings of the extension's own SQL ([`PINNED`]),
+/// in a GUC nest level of its own, as a function with `SET` clauses does.
+pub fn with_pinned_settings<R>(body: impl FnOnce() -> R) -> R {
     // SAFETY: inside a transaction (the callers run SQL); set_config_option
     // copies the value, and the nest level is popped below or by the abort
     // of the enclosing (sub)transaction.
     let level = unsafe {
         let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            PINNED_SEARCH_PATH.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        for (name, value) in PINNED {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
         level
     };
     let result = body();

@@ -512,8 +512,8 @@ pub fn claim_warm(run: &Run<'_>) -> Option<usize> {
 }
 
 /// The transaction that took a warm worker for run `id` committed it:
-/// the worker starts it. (If the worker exited meanwhile, the run is over
-/// without an outcome, and its scheduler records it so.)
+/// the worker starts it. If the worker exited meanwhile, the run is over
+/// without an outcome: its scheduler is asked to record it so.
 pub fn launch_claimed(i: usize, id: RunId) {
     let pid = SLOTS.write(|slots| {
         let s = slots
@@ -522,8 +522,11 @@ pub fn launch_claimed(i: usize, id: RunId) {
         s.state = SlotState::Launched;
         (!s.gone).then_some(s.pid)
     });
-    if let Some(pid) = pid {
-        pg::wake_backend(pid);
+    match pid {
+        Some(pid) => pg::wake_backend(pid),
+        None => {
+            schedulers::ask_for(id.home);
+        }
     }
 }
 

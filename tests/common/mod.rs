@@ -298,6 +298,20 @@ impl Cluster {
             .connect(NoTls)
     }
 
+    /// A session with settings of its own from its start (`options`, as in
+    /// `-c name=value`), over those of its database and role.
+    pub fn connect_with_options(&self, user: &str, dbname: &str, options: &str) -> Client {
+        postgres::Config::new()
+            .host_path(self.socket_dir())
+            .port(PORT)
+            .user(user)
+            .dbname(dbname)
+            .application_name("bgworker_rs tests")
+            .options(options)
+            .connect(NoTls)
+            .unwrap_or_else(|e| panic!("connect as {user} to {dbname}: {e}"))
+    }
+
     pub fn connect_as(&self, user: &str, dbname: &str) -> Client {
         self.try_connect_as(user, dbname)
             .unwrap_or_else(|e| panic!("connect as {user} to {dbname}: {e}"))

@@ -247,19 +247,32 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
                 RETRY_MS
             }
         };
-        if sleep_ms >= RELEASE_MS {
-            // Nothing to do for a while: the kept plans and freed memory
-            // go back; the next busy wake plans again.
-            store::forget_kept();
-            pg::release_free_memory();
-        }
-        pg::wait_latch(sleep_ms, pg::worker_wait_event());
+        sleep(sleep_ms);
         pg_sys::check_for_interrupts!();
         if pg::reload_config_if_requested() {
             state.pruned = None; // new history bounds apply at once
         }
         registry::report_iteration();
     }
+}
+
+/// Sleeps `ms`, or until woken. Nothing to do for a while: once
+/// `RELEASE_MS` have passed without a wake, the kept plans and freed memory
+/// go back, and the next busy wake plans again. Not at once: a scheduler
+/// asked for at the end of each run (one-shot jobs that come one after
+/// another) would plan all its statements again at every wake.
+fn sleep(ms: i64) {
+    let event = pg::worker_wait_event();
+    if ms < RELEASE_MS {
+        pg::wait_latch(ms, event);
+        return;
+    }
+    if pg::wait_latch(RELEASE_MS, event) {
+        return; // woken
+    }
+    store::forget_kept();
+    pg::release_free_memory();
+    pg::wait_latch(ms - RELEASE_MS, event);
 }
 
 /// Job slots taken in a wake for starts that then failed (their runs are
