@@ -13,6 +13,10 @@ ALTER TABLE @extschema@.bgw_job_defs
     ALTER COLUMN database DROP NOT NULL,
     ALTER COLUMN database_name DROP NOT NULL;
 
+-- A job's run going, if any: found without reading the job's history.
+CREATE INDEX bgw_job_runs_running ON @extschema@.bgw_job_runs (job)
+    WHERE status OPERATOR(pg_catalog.=) 'running';
+
 UPDATE @extschema@.bgw_job_defs d
    SET database = NULL, database_name = NULL
   FROM pg_catalog.pg_database db

@@ -101,6 +101,9 @@ CREATE INDEX bgw_job_runs_queued ON @extschema@.bgw_job_runs (due_at)
     WHERE status OPERATOR(pg_catalog.=) 'queued';
 CREATE INDEX bgw_job_runs_uncounted ON @extschema@.bgw_job_runs (finished_at)
     WHERE NOT counted;
+-- A job's run going, if any: found without reading the job's history.
+CREATE INDEX bgw_job_runs_running ON @extschema@.bgw_job_runs (job)
+    WHERE status OPERATOR(pg_catalog.=) 'running';
 
 COMMENT ON TABLE @extschema@.bgw_job_runs IS
 'One row per run (or retry: attempt) of a job; status queued while it waits for a free slot (started_at NULL), until expires_at. statements: the statements that finished, in order, each {"position", "tag", "rows"} (rows where the command tag counts them; generated statements also have "generated" and the start of their "text"); rows: the last statement''s count; result: the first rows of the last statement that returned rows, as a JSON array, at most 8 kB; sqlstate, error, detail, hint: why a run failed, was cancelled or timed out; error_position and error_statement: the statement that failed or was stopped (its position and the start of its text).';

@@ -25,10 +25,14 @@ pub const PINNED_SEARCH_PATH: &CStr = c"pg_catalog, pg_temp";
 /// - Without `plan_cache_mode = force_generic_plan`, a statement kept with
 ///   its plan (`store::Kept`) would be planned again at each call, its
 ///   values in: that was most of a scheduler's work in a wake.
-const PINNED: [(&CStr, &CStr); 3] = [
+/// - `jit = off`: a sequential scan kept where no index serves is costed
+///   10^10 (before PostgreSQL 18), far over `jit_above_cost`, and would be
+///   compiled (about 100 ms) for a statement that takes microseconds.
+const PINNED: [(&CStr, &CStr); 4] = [
     (c"search_path", PINNED_SEARCH_PATH),
     (c"enable_seqscan", c"off"),
     (c"plan_cache_mode", c"force_generic_plan"),
+    (c"jit", c"off"),
 ];
 
 /// Runs `body` with the settings of the extension's own SQL ([`PINNED`]),
