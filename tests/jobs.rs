@@ -708,7 +708,8 @@ fn kept_plans_follow_changes_to_the_tables_and_are_freed_when_idle() {
         "outcomes recorded without their pid"
     );
 
-    // Nothing due for a day: the plans are freed before the long sleep.
+    // Nothing due for a day: the plans are freed before the long sleep,
+    // once no run was recorded or started for 10 s.
     assert!(
         c.query_one("SELECT bgw_cancel($1)", &[&job])
             .unwrap()

@@ -50,9 +50,10 @@ const MAX_SLEEP_MS: i64 = 60_000;
 /// Sleep after a wake that left work for later (a locked row, an error),
 /// and longest sleep while runs wait for a slot another database frees.
 const RETRY_MS: i64 = 1_000;
-/// A scheduler that will sleep this long frees its kept plans (about 1 MB)
-/// and gives its free heap back; one with runs more often than this keeps
-/// them, and plans nothing again (a third less CPU a run).
+/// A scheduler that has recorded or started no run for this long, and will
+/// sleep at least this long, frees its kept plans (about 1 MB) and gives
+/// its free heap back; one with runs more often than this keeps them, and
+/// plans nothing again (a third less CPU a run).
 const RELEASE_MS: i64 = 10_000;
 /// How long a job the scheduler could not handle at all is left alone.
 const QUARANTINE: Duration = Duration::from_secs(60);
@@ -122,11 +123,6 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
         (c"idle_in_transaction_session_timeout", c"0"),
         // An error it handles must never end it (FATAL).
         (c"exit_on_error", c"off"),
-        // Its kept plans (`store::Kept`) save the parsing and analysis, and
-        // are planned for each run's values: generic plans cost more than
-        // they saved (290 against 167 ms of CPU a second at 100 runs a
-        // second, one server, one build).
-        (c"plan_cache_mode", c"force_custom_plan"),
     ] {
         pg::set_option_for_process(name, value);
     }
@@ -146,6 +142,7 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
         idle_since: None,
         announced: false,
         had_jobs: false,
+        worked_at: None,
     };
     loop {
         schedulers::begin_wake(entry);
@@ -172,6 +169,9 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
                             settings::MAX_JOBS.get()
                         );
                     }
+                }
+                if !tick.recorded.is_empty() || !tick.launches.is_empty() {
+                    state.worked_at = Some(Instant::now());
                 }
                 for (slot, job, run) in &tick.recorded {
                     job_slots::free(*slot, run_id(*job, *run));
@@ -247,7 +247,7 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
                 RETRY_MS
             }
         };
-        sleep(sleep_ms);
+        sleep(sleep_ms, state.worked_at);
         pg_sys::check_for_interrupts!();
         if pg::reload_config_if_requested() {
             state.pruned = None; // new history bounds apply at once
@@ -256,23 +256,29 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
     }
 }
 
-/// Sleeps `ms`, or until woken. Nothing to do for a while: once
-/// `RELEASE_MS` have passed without a wake, the kept plans and freed memory
-/// go back, and the next busy wake plans again. Not at once: a scheduler
-/// asked for at the end of each run (one-shot jobs that come one after
-/// another) would plan all its statements again at every wake.
-fn sleep(ms: i64) {
+/// Sleeps `ms`, or until woken. With nothing to do for a while, once
+/// `RELEASE_MS` have passed since the last wake that recorded or started a
+/// run (`worked_at`), the kept plans and freed memory go back first, and
+/// the next busy wake plans again. Not at every long sleep: a scheduler
+/// asked for at the end of each run (one-shot jobs, one after another)
+/// would plan all its statements again at every wake.
+fn sleep(ms: i64, worked_at: Option<Instant>) {
     let event = pg::worker_wait_event();
-    if ms < RELEASE_MS {
-        pg::wait_latch(ms, event);
-        return;
+    if ms >= RELEASE_MS {
+        let release = Duration::from_millis(RELEASE_MS as u64);
+        match worked_at.and_then(|at| release.checked_sub(at.elapsed())) {
+            // Looks again (a wake of its own) when that time has come.
+            Some(left) if !left.is_zero() => {
+                pg::wait_latch(left.as_millis() as i64 + 1, event);
+                return;
+            }
+            _ => {
+                store::forget_kept();
+                pg::release_free_memory();
+            }
+        }
     }
-    if pg::wait_latch(RELEASE_MS, event) {
-        return; // woken
-    }
-    store::forget_kept();
-    pg::release_free_memory();
-    pg::wait_latch(ms - RELEASE_MS, event);
+    pg::wait_latch(ms, event);
 }
 
 /// Job slots taken in a wake for starts that then failed (their runs are
@@ -352,6 +358,8 @@ struct State {
     announced: bool,
     /// Some wake found an active job: leaving waits `LINGER`.
     had_jobs: bool,
+    /// When a wake last recorded or started a run.
+    worked_at: Option<Instant>,
 }
 
 impl State {

@@ -333,10 +333,12 @@ fn account_run(client: &mut SpiClient<'_>, t: &Tables, job: i64, run: i32) -> Sp
     Ok(true)
 }
 
-/// One-shot jobs whose run is over are finished. Rows a client holds
-/// locked (an open transaction that called `bgw_cancel`) are skipped until
-/// the next wake: recording a run never waits for a client, so no job slot
-/// is kept busy by one.
+/// One-shot jobs whose run is over are finished: among those with no next
+/// time, which `bgw_job_defs_due` finds without reading the recurring jobs.
+/// Rows a client holds locked (an open transaction that called
+/// `bgw_cancel`) are skipped until the next wake: recording a run never
+/// waits for a client, so no job slot is kept busy by one. (`OFFSET 0`:
+/// see [`super::starts::start_queued`].)
 pub(super) fn finish_one_shots(client: &mut SpiClient<'_>, t: &Tables) -> SpiResult<()> {
     client.update_kept(
         &format!(
@@ -344,10 +346,12 @@ pub(super) fn finish_one_shots(client: &mut SpiClient<'_>, t: &Tables) -> SpiRes
               WHERE id IN (SELECT d.id FROM {defs} d \
                             WHERE d.every IS NULL AND d.schedule IS NULL \
                               AND d.state = 'scheduled' AND d.runs > 0 AND d.retry_at IS NULL \
+                              AND LEAST(d.next_run_at, d.retry_at) IS NULL \
                               AND NOT EXISTS (SELECT FROM {runs} c \
-                                               WHERE c.job = d.id AND NOT c.counted) \
+                                               WHERE c.job = d.id AND NOT c.counted OFFSET 0) \
                               AND NOT EXISTS (SELECT FROM {runs} r \
-                                               WHERE r.job = d.id AND r.finished_at IS NULL) \
+                                               WHERE r.job = d.id AND r.finished_at IS NULL \
+                                               OFFSET 0) \
                               FOR NO KEY UPDATE SKIP LOCKED)",
             defs = t.defs,
             runs = t.runs

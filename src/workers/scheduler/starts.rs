@@ -25,6 +25,7 @@ use crate::shmem::job_slots::{self, Launched, Run};
 use crate::shmem::registry;
 use crate::store::{self, Kept, SpiResult, Tables};
 use crate::workers::registration::{self, ConnectArgs};
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::time::Instant;
@@ -83,18 +84,23 @@ pub(super) fn enqueue_due(
     state: &mut State,
     tick: &mut Tick,
 ) {
+    // Now as a value, not clock_timestamp(): a comparison with a volatile
+    // function is no index condition, and every scheduled job would be
+    // read at each wake.
+    let now = pg::now_unix_micros();
     let due = pg::in_subtransaction(|| {
         ids(
             client,
             &format!(
                 "SELECT id FROM {} \
                   WHERE state = 'scheduled' AND active \
-                    AND LEAST(next_run_at, retry_at) <= clock_timestamp() AND id <> ALL($1) \
+                    AND LEAST(next_run_at, retry_at) <= {} AND id <> ALL($1) \
                   ORDER BY LEAST(next_run_at, retry_at), id LIMIT $2 \
                     FOR NO KEY UPDATE SKIP LOCKED",
-                t.defs
+                t.defs,
+                time_param(3)
             ),
-            skip,
+            &[skip.to_vec().into(), BATCH.into(), now.into()],
         )
     });
     let due = match due {
@@ -107,7 +113,7 @@ pub(super) fn enqueue_due(
     if due.len() as i64 >= BATCH {
         tick.more = true;
     } else if !matches!(
-        pg::in_subtransaction(|| count_due(client, t, skip)),
+        pg::in_subtransaction(|| count_due(client, t, skip, now)),
         Ok(Ok(n)) if n <= due.len() as i64
     ) {
         // Due rows a client holds locked: looked at again after RETRY_MS.
@@ -118,26 +124,32 @@ pub(super) fn enqueue_due(
     });
 }
 
-/// Due jobs, locked or not.
-fn count_due(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResult<i64> {
+/// Parameter `$n`, microseconds since 1970, as a time.
+fn time_param(n: usize) -> String {
+    format!("(timestamptz 'epoch' + ${n}::int8 * interval '1 microsecond')")
+}
+
+/// Jobs due at `now` (microseconds since 1970), locked or not.
+fn count_due(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64], now: i64) -> SpiResult<i64> {
     Ok(client
         .update_kept(
             &format!(
                 "SELECT count(*) FROM {} \
                   WHERE state = 'scheduled' AND active \
-                    AND LEAST(next_run_at, retry_at) <= clock_timestamp() AND id <> ALL($1)",
-                t.defs
+                    AND LEAST(next_run_at, retry_at) <= {} AND id <> ALL($1)",
+                t.defs,
+                time_param(2)
             ),
             None,
-            &[skip.to_vec().into()],
+            &[skip.to_vec().into(), now.into()],
         )?
         .first()
         .get_one::<i64>()?
         .unwrap_or(0))
 }
 
-fn ids(client: &mut SpiClient<'_>, sql: &str, skip: &[i64]) -> SpiResult<Vec<i64>> {
-    let table = client.update_kept(sql, None, &[skip.to_vec().into(), BATCH.into()])?;
+fn ids(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>]) -> SpiResult<Vec<i64>> {
+    let table = client.update_kept(sql, None, args)?;
     let mut ids = Vec::new();
     for row in table {
         ids.extend(row.get::<i64>(1)?);
@@ -315,6 +327,10 @@ pub(super) fn start_queued(
     // run whose row, or whose job's row, another transaction holds is left
     // out (it may be cancelling the job): it is looked at again soon, and
     // never takes the place of runs that can start.
+    // `OFFSET 0` keeps `NOT EXISTS` a subplan, an index probe of the job's
+    // runs for each queued run, whatever the statistics: turned into an
+    // anti join, a plan made while the table looked empty (kept, and
+    // generic) read all the runs for each queued one.
     let queued = pg::in_subtransaction(|| {
         ids(
             client,
@@ -322,13 +338,13 @@ pub(super) fn start_queued(
                 "SELECT r.job FROM {runs} r JOIN {defs} d ON d.id = r.job \
                   WHERE r.status = 'queued' AND r.job <> ALL($1) \
                     AND NOT EXISTS (SELECT FROM {runs} g \
-                                     WHERE g.job = r.job AND g.status = 'running') \
+                                     WHERE g.job = r.job AND g.status = 'running' OFFSET 0) \
                   ORDER BY r.due_at, r.job LIMIT $2 \
                     FOR SHARE OF d SKIP LOCKED FOR NO KEY UPDATE OF r SKIP LOCKED",
                 runs = t.runs,
                 defs = t.defs
             ),
-            skip,
+            &[skip.to_vec().into(), BATCH.into()],
         )
     });
     let queued = match queued {
@@ -378,7 +394,8 @@ pub(super) fn start_queued(
     tick.more |= whole_batch && started_all;
 }
 
-/// Runs that could start but for a lock (none of its job's runs going).
+/// Runs that could start but for a lock (none of its job's runs going;
+/// `OFFSET 0` as in [`start_queued`]).
 fn count_queued(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResult<i64> {
     Ok(client
         .update_kept(
@@ -386,7 +403,7 @@ fn count_queued(client: &mut SpiClient<'_>, t: &Tables, skip: &[i64]) -> SpiResu
                 "SELECT count(*) FROM {runs} r \
                   WHERE r.status = 'queued' AND r.job <> ALL($1) \
                     AND NOT EXISTS (SELECT FROM {runs} g \
-                                     WHERE g.job = r.job AND g.status = 'running')",
+                                     WHERE g.job = r.job AND g.status = 'running' OFFSET 0)",
                 runs = t.runs
             ),
             None,
