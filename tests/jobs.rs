@@ -1065,3 +1065,109 @@ fn max_jobs_zero_disables_jobs_and_the_scheduler() {
     );
     drop(cluster);
 }
+
+/// `bgw_run` and `bgw_result` keep their statements' plans for the session
+/// (`store::Kept`): those plans still mean the extension's tables as they
+/// are after the tables change, after the extension is dropped and made
+/// again in another schema, and whatever planner settings the session has.
+#[test]
+fn a_session_keeps_its_plans_through_changes_to_the_extension() {
+    let (cluster, mut c) = start_with_extension(BASE);
+    let round = |c: &mut Client, schema: &str, n: i32| -> i64 {
+        let job: i64 = c
+            .query_one(&format!("SELECT {schema}.bgw_run('SELECT {n} AS n')"), &[])
+            .unwrap_or_else(|e| panic!("bgw_run in {schema}: {e}"))
+            .get(0);
+        let text: Option<String> = c
+            .query_one(
+                &format!("SELECT {schema}.bgw_result($1, '30s')::text"),
+                &[&job],
+            )
+            .unwrap_or_else(|e| panic!("bgw_result in {schema}: {e}"))
+            .get(0);
+        let r: Value = serde_json::from_str(&text.expect("an outcome")).unwrap();
+        assert_eq!(r["status"], "succeeded", "{r}");
+        assert_eq!(r["result"][0]["n"], n, "{r}");
+        job
+    };
+    round(&mut c, "public", 1);
+    round(&mut c, "public", 2);
+    c.batch_execute(
+        "ALTER TABLE bgw_job_runs ADD COLUMN note text; \
+         ALTER TABLE bgw_job_defs ADD COLUMN note int; \
+         CREATE INDEX defs_created ON bgw_job_defs (created_at)",
+    )
+    .unwrap();
+    round(&mut c, "public", 3);
+    // The session's own planner settings change nothing but its speed.
+    c.batch_execute(
+        "SET enable_indexscan = off; SET enable_bitmapscan = off; \
+         SET plan_cache_mode = force_custom_plan; SET jit_above_cost = 0",
+    )
+    .unwrap();
+    round(&mut c, "public", 4);
+    c.batch_execute("RESET ALL").unwrap();
+    // Made again elsewhere, in the same session. (The scheduler must be
+    // gone first: it would be stopped by DROP EXTENSION anyway.)
+    wait_until("the scheduler to leave", T, || {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM bgw_list() WHERE kind = 'scheduler' AND pid IS NOT NULL",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (n == 0).then_some(())
+    });
+    c.batch_execute(
+        "DROP EXTENSION bgworker_rs; CREATE SCHEMA moved; \
+         CREATE EXTENSION bgworker_rs SCHEMA moved",
+    )
+    .unwrap();
+    let job = round(&mut c, "moved", 5);
+    // bgw_result returns the outcome as its worker leaves it; the
+    // scheduler records it in the new tables moments later.
+    wait_until("the run recorded in the extension's new tables", T, || {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM moved.bgw_job_runs WHERE job = $1 AND status = 'succeeded'",
+                &[&job],
+            )
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    });
+    drop(cluster);
+}
+
+/// `DROP EXTENSION` while the scheduler is at work: the scheduler's lock
+/// waits end before the statement's deadlock check would fail it (a wake
+/// holding `bgw_job_runs` while waiting for `bgw_job_defs`, the statement
+/// the other way round). Each round starts with a scheduler at its first
+/// wake (which marks lost runs, `bgw_job_runs` first) and at work.
+#[test]
+fn drop_extension_never_deadlocks_with_a_busy_scheduler() {
+    let (cluster, mut c) = start_with_extension(BASE);
+    for round in 0..4 {
+        if round > 0 {
+            c.batch_execute("CREATE EXTENSION bgworker_rs").unwrap();
+        }
+        c.batch_execute(
+            "SELECT bgw_run('SELECT pg_sleep(0.01)', every => '50ms') FROM generate_series(1, 8)",
+        )
+        .unwrap();
+        wait_until("runs recorded", T, || {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM bgw_job_runs WHERE finished_at IS NOT NULL",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            (n >= 8).then_some(())
+        });
+        c.batch_execute("DROP EXTENSION bgworker_rs")
+            .unwrap_or_else(|e| panic!("round {round}: DROP EXTENSION: {e}"));
+    }
+    drop(cluster);
+}

@@ -58,8 +58,9 @@ const RELEASE_MS: i64 = 10_000;
 /// How long a job the scheduler could not handle at all is left alone.
 const QUARANTINE: Duration = Duration::from_secs(60);
 /// How long the scheduler waits for a lock before it leaves the work for
-/// the next wake; row locks are skipped without waiting.
-const LOCK_TIMEOUT: &std::ffi::CStr = c"1s";
+/// the next wake (row locks are skipped without waiting): 1 s, or less
+/// than half of `deadlock_timeout` (see [`pin_lock_timeout`]).
+const LOCK_TIMEOUT_MS: i32 = 1_000;
 /// Longest time between two looks for jobs of dropped roles and databases
 /// when no change of a role or database was seen.
 const ORPHANS_CHECK_MAX: Duration = Duration::from_secs(60);
@@ -114,7 +115,7 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
     // (isolation, deferrable) or be cancelled, which would keep the
     // scheduler from ever leaving.
     pg::pin_search_path_for_process();
-    pg::set_option_for_process(c"lock_timeout", LOCK_TIMEOUT);
+    pin_lock_timeout();
     for (name, value) in [
         (c"default_transaction_read_only", c"off"),
         (c"default_transaction_isolation", c"read committed"),
@@ -251,9 +252,24 @@ pub extern "C-unwind" fn bgworker_rs_scheduler_main(main_arg: pg_sys::Datum) {
         pg_sys::check_for_interrupts!();
         if pg::reload_config_if_requested() {
             state.pruned = None; // new history bounds apply at once
+            pin_lock_timeout(); // deadlock_timeout may have changed
         }
         registry::report_iteration();
     }
+}
+
+/// The scheduler's `lock_timeout`: [`LOCK_TIMEOUT_MS`], and always under
+/// half of `deadlock_timeout`. A wait of ours that closes a cycle (say a
+/// wake that holds `bgw_job_runs` and waits for `bgw_job_defs`, while
+/// `DROP EXTENSION` holds the one and waits for the other) then ends on
+/// our side, in a retry a second later, before the other side's deadlock
+/// check would fail its statement.
+fn pin_lock_timeout() {
+    // SAFETY: a plain int setting of this process, read in its own thread.
+    let deadlock_ms = unsafe { pg_sys::DeadlockTimeout };
+    let ms = LOCK_TIMEOUT_MS.min(deadlock_ms / 2).max(1);
+    let value = std::ffi::CString::new(format!("{ms}ms")).unwrap_or_default();
+    pg::set_option_for_process(c"lock_timeout", &value);
 }
 
 /// Sleeps `ms`, or until woken. With nothing to do for a while, once
@@ -457,6 +473,15 @@ fn tick(state: &mut State, database: String) -> Result<Step, pg::CapturedError> 
             marked_lost: false,
             orphans_checked: false,
         };
+        // Both tables first, in the order DROP EXTENSION takes them, before
+        // anything else: a wake never holds one while it waits for the
+        // other (a deadlock whose check would fail the DROP). Waiting here
+        // ends with the lock timeout, and this wake before it started.
+        client.update(
+            &format!("LOCK TABLE {}, {} IN ACCESS SHARE MODE", t.defs, t.runs),
+            None,
+            &[],
+        )?;
         let busy_at = pg::now_unix_micros();
         let busy = job_slots::busy(pg::current_database().to_u32());
         if state.first {
