@@ -1109,15 +1109,9 @@ fn a_session_keeps_its_plans_through_changes_to_the_extension() {
     c.batch_execute("RESET ALL").unwrap();
     // Made again elsewhere, in the same session. (The scheduler must be
     // gone first: it would be stopped by DROP EXTENSION anyway.)
+    let schedulers = "SELECT count(*) FROM bgw_list() WHERE kind = 'scheduler' AND pid IS NOT NULL";
     wait_until("the scheduler to leave", T, || {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM bgw_list() WHERE kind = 'scheduler' AND pid IS NOT NULL",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        (n == 0).then_some(())
+        (scalar_i64(&mut c, schedulers) == 0).then_some(())
     });
     c.batch_execute(
         "DROP EXTENSION bgworker_rs; CREATE SCHEMA moved; \
@@ -1127,15 +1121,11 @@ fn a_session_keeps_its_plans_through_changes_to_the_extension() {
     let job = round(&mut c, "moved", 5);
     // bgw_result returns the outcome as its worker leaves it; the
     // scheduler records it in the new tables moments later.
+    let recorded = format!(
+        "SELECT count(*) FROM moved.bgw_job_runs WHERE job = {job} AND status = 'succeeded'"
+    );
     wait_until("the run recorded in the extension's new tables", T, || {
-        let n: i64 = c
-            .query_one(
-                "SELECT count(*) FROM moved.bgw_job_runs WHERE job = $1 AND status = 'succeeded'",
-                &[&job],
-            )
-            .unwrap()
-            .get(0);
-        (n == 1).then_some(())
+        (scalar_i64(&mut c, &recorded) == 1).then_some(())
     });
     drop(cluster);
 }
@@ -1156,15 +1146,9 @@ fn drop_extension_never_deadlocks_with_a_busy_scheduler() {
             "SELECT bgw_run('SELECT pg_sleep(0.01)', every => '50ms') FROM generate_series(1, 8)",
         )
         .unwrap();
+        let recorded = "SELECT count(*) FROM bgw_job_runs WHERE finished_at IS NOT NULL";
         wait_until("runs recorded", T, || {
-            let n: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM bgw_job_runs WHERE finished_at IS NOT NULL",
-                    &[],
-                )
-                .unwrap()
-                .get(0);
-            (n >= 8).then_some(())
+            (scalar_i64(&mut c, recorded) >= 8).then_some(())
         });
         c.batch_execute("DROP EXTENSION bgworker_rs")
             .unwrap_or_else(|e| panic!("round {round}: DROP EXTENSION: {e}"));

@@ -117,50 +117,52 @@ pub fn job_round_trip(cluster: &Cluster, n: usize, svg: Option<&str>) -> Vec<Fig
             std::fs::write(path, plot).unwrap_or_else(|e| panic!("write {path}: {e}"));
         }
         let ratio = percentile(&ours, 0.5) / percentile(&client, 0.5);
-        figures.push(Figure {
-            name: format!(
+        figures.push(round_trip_figure(
+            format!(
                 "statement round trip via bgw_run + bgw_result, p50 / p99 ({n} jobs, fsync {})",
                 if fsync { "on" } else { "off" }
             ),
-            ours: format!(
-                "{:.2} / {:.2} ms",
-                percentile(&ours, 0.5),
-                percentile(&ours, 0.99)
-            ),
-            baseline: format!(
-                "{:.2} / {:.2} ms (same statement, client connection)",
-                percentile(&client, 0.5),
-                percentile(&client, 0.99)
-            ),
-            ratio,
-            goal: "p50 <= 1 ms and <= 10x".into(),
-            met: Some(percentile(&ours, 0.5) <= 1.0 && ratio <= 10.0),
-        });
+            &ours,
+            &client,
+            "p50 <= 1 ms and <= 10x",
+            Some(percentile(&ours, 0.5) <= 1.0 && ratio <= 10.0),
+        ));
     }
     set_fsync(&mut c, false);
     // Without warm workers: each run forks and connects a new worker.
     set_idle_time(&mut c, "0");
     let (ours, client) = round_trips(&mut c, n);
     set_idle_time(&mut c, "10s");
-    figures.push(Figure {
-        name: format!(
+    figures.push(round_trip_figure(
+        format!(
             "the same without warm workers (job_worker_idle_time = 0), p50 / p99 ({n} jobs, fsync off)"
         ),
-        ours: format!(
-            "{:.2} / {:.2} ms",
-            percentile(&ours, 0.5),
-            percentile(&ours, 0.99)
-        ),
-        baseline: format!(
-            "{:.2} / {:.2} ms (same statement, client connection)",
-            percentile(&client, 0.5),
-            percentile(&client, 0.99)
-        ),
-        ratio: percentile(&ours, 0.5) / percentile(&client, 0.5),
-        goal: "reported".into(),
-        met: None,
-    });
+        &ours,
+        &client,
+        "reported",
+        None,
+    ));
     figures
+}
+
+/// A round-trip figure: p50 / p99 of ours and of the client, the ratio of
+/// the p50s.
+fn round_trip_figure(
+    name: String,
+    ours: &[f64],
+    client: &[f64],
+    goal: &str,
+    met: Option<bool>,
+) -> Figure {
+    let p50_p99 = |v: &[f64]| format!("{:.2} / {:.2} ms", percentile(v, 0.5), percentile(v, 0.99));
+    Figure {
+        name,
+        ours: p50_p99(ours),
+        baseline: format!("{} (same statement, client connection)", p50_p99(client)),
+        ratio: percentile(ours, 0.5) / percentile(client, 0.5),
+        goal: goal.into(),
+        met,
+    }
 }
 
 fn set_idle_time(c: &mut Client, value: &str) {

@@ -288,25 +288,25 @@ impl Cluster {
         self.connect_as("postgres", "postgres")
     }
 
-    pub fn try_connect_as(&self, user: &str, dbname: &str) -> Result<Client, postgres::Error> {
-        postgres::Config::new()
+    fn config(&self, user: &str, dbname: &str) -> postgres::Config {
+        let mut config = postgres::Config::new();
+        config
             .host_path(self.socket_dir())
             .port(PORT)
             .user(user)
             .dbname(dbname)
-            .application_name("bgworker_rs tests")
-            .connect(NoTls)
+            .application_name("bgworker_rs tests");
+        config
+    }
+
+    pub fn try_connect_as(&self, user: &str, dbname: &str) -> Result<Client, postgres::Error> {
+        self.config(user, dbname).connect(NoTls)
     }
 
     /// A session with settings of its own from its start (`options`, as in
     /// `-c name=value`), over those of its database and role.
     pub fn connect_with_options(&self, user: &str, dbname: &str, options: &str) -> Client {
-        postgres::Config::new()
-            .host_path(self.socket_dir())
-            .port(PORT)
-            .user(user)
-            .dbname(dbname)
-            .application_name("bgworker_rs tests")
+        self.config(user, dbname)
             .options(options)
             .connect(NoTls)
             .unwrap_or_else(|e| panic!("connect as {user} to {dbname}: {e}"))
