@@ -331,6 +331,42 @@ fn at_sets_the_first_run() {
     );
 }
 
+/// A one-shot job for later, run once now with `bgw_run_now`, is not
+/// finished by that extra run: its run at `at` still comes, and only then
+/// is it finished. (The sweep that finishes one-shot jobs used to ignore
+/// `next_run_at`, and the `at` run never came.)
+#[test]
+fn an_extra_run_of_a_one_shot_job_for_later_leaves_its_run_at_at() {
+    let (_cluster, mut c) = start_with_extension(BASE);
+    let j = job(
+        &mut c,
+        "SELECT bgw_run('SELECT 1', at => now() + interval '3 seconds')",
+    );
+    let extra: i32 = c.query_one("SELECT bgw_run_now($1)", &[&j]).unwrap().get(0);
+    assert_eq!(extra, 1);
+    wait_finished(&mut c, j, 1);
+    // Recorded, and swept at least once since (the sweep runs at each wake
+    // that records a run): still waiting for its time.
+    let state = format!("SELECT state FROM bgw_jobs WHERE id = {j}");
+    let first: String = c.query_one(state.as_str(), &[]).unwrap().get(0);
+    assert_eq!(first, "scheduled", "finished by the extra run");
+    let r = wait_finished(&mut c, j, 2);
+    assert!(
+        flag(
+            &mut c,
+            &format!(
+                "SELECT '{}'::timestamptz >= created_at + interval '3 seconds' FROM bgw_jobs WHERE id = {j}",
+                r[1]["started_at"].as_str().unwrap_or_default()
+            )
+        ),
+        "the second run came at its time: {r:?}"
+    );
+    wait_until("the job finished", T_JOBS, || {
+        let s: String = c.query_one(state.as_str(), &[]).unwrap().get(0);
+        (s == "finished").then_some(())
+    });
+}
+
 /// History bounds, applied when the configuration is reloaded.
 #[test]
 fn the_history_is_pruned() {
